@@ -1,0 +1,18 @@
+# ice-mELT DuckLake: open PV label datasets to a reproducible research compendium.
+# Stages run as parameterised notebooks (papermill); logic lives in lib/pvlake.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "workflow/config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/harmonize.smk"
+
+
+rule all:
+    input:
+        staging_outputs(),
+    default_target: True

@@ -1,0 +1,294 @@
+"""Harmonize stage: every PV label dataset into one canonical GeoParquet schema.
+
+Each source file is read in its own CRS, reprojected to EPSG:4326, repaired, measured
+(geodesic area, centroid, H3 cell) and given a stable ``pv_id``; the manifest's
+``keep_cols`` ride along as JSON and its ``columns`` map fills the canonical attributes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from tqdm.auto import tqdm
+
+from . import geo
+from .io import write_geoparquet, write_json
+from .manifest import DatasetSpec
+from .sources import LabelFile, SourceFrame, find_label_files, read_labels
+
+SCHEMA: dict[str, str] = {
+    "pv_id": "string",
+    "dataset": "string",
+    "source_id": "string",
+    "geom_type": "string",
+    "area_m2": "float64",
+    "centroid_lon": "float64",
+    "centroid_lat": "float64",
+    "h3_cell": "string",
+    "capacity_mw": "float64",
+    "install_year": "Int32",
+    "source_area_m2": "float64",
+    "attributes": "string",
+    "source_file": "string",
+    "source_row": "int64",
+}
+"""Canonical columns and their pandas dtypes (``geometry`` comes last)."""
+
+SCHEMA_DOC: dict[str, str] = {
+    "pv_id": "stable id: hash of dataset and source id (or normalised geometry when there is none)",
+    "dataset": "manifest key of the source dataset",
+    "source_id": "the source's own id (manifest 'id_col'), null when it has none",
+    "geom_type": "Point, Polygon or MultiPolygon",
+    "area_m2": "geodesic area on the WGS84 ellipsoid in m² (null for points)",
+    "centroid_lon": "centroid longitude, degrees EPSG:4326",
+    "centroid_lat": "centroid latitude, degrees EPSG:4326",
+    "h3_cell": "H3 cell of the centroid at the configured resolution (hex string)",
+    "capacity_mw": "installed capacity in MW where the source has it (manifest 'columns')",
+    "install_year": "installation year where the source has it (manifest 'columns')",
+    "source_area_m2": "the source's own area figure converted to m² (not the geometry's area)",
+    "attributes": "JSON object of the manifest's keep_cols, as in the source",
+    "source_file": "file the row came from, relative to the dataset root (zip members as archive/member, GeoPackage layers as file:layer)",
+    "source_row": "0-based index of the feature in that file or layer",
+    "geometry": "valid geometry in EPSG:4326 (polygons oriented counter-clockwise)",
+}
+"""One-line description of every canonical column (README and book)."""
+
+ID_GEOMETRY_DECIMALS = 9
+"""Coordinates are rounded to this many decimals (~0.1 mm) when a geometry is the id key,
+so a last-bit difference between PROJ versions cannot change an id."""
+
+
+def _json_value(v):
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if math.isnan(v) else float(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, (pd.Timestamp,)):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return v.hex()
+    return v if isinstance(v, (int, str, bool)) else str(v)
+
+
+def keep_cols_json(frame: pd.DataFrame, keep_cols: tuple[str, ...]) -> np.ndarray:
+    """Row-wise JSON objects of the kept source columns present in ``frame``."""
+    cols = [c for c in keep_cols if c in frame.columns]
+    if not cols:
+        return np.full(len(frame), None, dtype=object)
+    values = frame[cols].astype(object).to_numpy()
+    return np.array(
+        [json.dumps({c: _json_value(v) for c, v in zip(cols, row)}, ensure_ascii=False) for row in values],
+        dtype=object,
+    )
+
+
+def source_ids(frame: pd.DataFrame, id_col: str | None) -> np.ndarray:
+    """The source id column as strings (integral floats without ``.0``), None where missing."""
+    out = np.full(len(frame), None, dtype=object)
+    if not id_col or id_col not in frame.columns:
+        return out
+    for i, v in enumerate(frame[id_col].astype(object).to_numpy()):
+        v = _json_value(v)
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out[i] = None if v is None or v == "" else str(v)
+    return out
+
+
+def make_pv_ids(dataset: str, source_id: np.ndarray, geoms: np.ndarray) -> np.ndarray:
+    """Stable, unique ids: hash of dataset plus source id, or plus rounded geometry.
+
+    A key that repeats inside a dataset (an exact duplicate, a reused id) gets an
+    occurrence suffix in row order, so ids stay unique and reproducible.
+    """
+    rounded = shapely.transform(
+        shapely.normalize(geoms), lambda xy: np.round(xy, ID_GEOMETRY_DECIMALS)
+    )
+    wkb = shapely.to_wkb(rounded, hex=True)
+    seen: Counter = Counter()
+    ids = np.empty(len(geoms), dtype=object)
+    for i, (sid, g) in enumerate(zip(source_id, wkb)):
+        key = f"id:{sid}" if sid is not None else f"geom:{g}"
+        n = seen[key]
+        seen[key] += 1
+        if n:
+            key = f"{key}#{n}"
+        ids[i] = hashlib.sha1(f"{dataset}\x1f{key}".encode()).hexdigest()[:16]
+    return ids
+
+
+def _canonical_attribute(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> np.ndarray:
+    src = spec.columns.get(name)
+    if src is None or src.col not in frame.columns:
+        return np.full(len(frame), np.nan)
+    values = pd.to_numeric(frame[src.col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return values * src.factor
+
+
+def harmonize_frame(sf: SourceFrame, spec: DatasetSpec, h3_resolution: int) -> tuple[gpd.GeoDataFrame, dict]:
+    """Canonical rows of one source file (without ``pv_id``) and its counts.
+
+    Returns
+    -------
+    frame : geopandas.GeoDataFrame
+        Kept rows in file order, canonical columns except ``pv_id``.
+    stats : dict
+        ``rows_read``, ``repaired``, ``dropped`` (reason -> count), ``rows_written``.
+    """
+    src = sf.frame
+    geoms = geo.to_wgs84(src.geometry.to_numpy(), src.crs)
+    geoms, repaired, reason = geo.repair(geoms)
+    keep = np.array([r is None for r in reason], dtype=bool)
+    kept = src.loc[keep]
+    geoms = geoms[keep]
+    lon, lat = geo.centroid_lonlat(geoms)
+    year = _canonical_attribute(kept, spec, "install_year")
+    out = gpd.GeoDataFrame(
+        {
+            "dataset": spec.name,
+            "source_id": source_ids(kept, spec.id_col),
+            "geom_type": shapely.get_type_id(geoms),
+            "area_m2": geo.geodesic_area_m2(geoms),
+            "centroid_lon": lon,
+            "centroid_lat": lat,
+            "h3_cell": geo.h3_cells(lon, lat, h3_resolution),
+            "capacity_mw": _canonical_attribute(kept, spec, "capacity_mw"),
+            "install_year": pd.array(np.where(np.isfinite(year), np.round(year), np.nan), dtype="Float64").astype("Int32"),
+            "source_area_m2": _canonical_attribute(kept, spec, "source_area_m2"),
+            "attributes": keep_cols_json(kept, spec.keep_cols),
+            "source_file": sf.source_file,
+            "source_row": np.flatnonzero(keep),
+        },
+        geometry=geoms,
+        crs=geo.WGS84,
+    )
+    out["geom_type"] = out["geom_type"].map({0: "Point", 3: "Polygon", 6: "MultiPolygon"})
+    stats = {
+        "source_file": sf.source_file,
+        "crs": src.crs.to_string(),
+        "crs_from": sf.crs_from,
+        "rows_read": int(len(src)),
+        "repaired": int(repaired.sum()),
+        "dropped": dict(sorted(Counter(r for r in reason if r is not None).items())),
+        "rows_written": int(keep.sum()),
+        "keep_cols_missing": [c for c in spec.keep_cols if c not in src.columns],
+    }
+    return out, stats
+
+
+def empty_staging() -> gpd.GeoDataFrame:
+    """A zero-row frame with the canonical schema."""
+    cols = {name: pd.Series(dtype=dtype) for name, dtype in SCHEMA.items()}
+    return gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=geo.WGS84))
+
+
+def finalize(frames: list[gpd.GeoDataFrame], dataset: str) -> gpd.GeoDataFrame:
+    """Concatenate per-file rows, assign ``pv_id`` and fix column order and dtypes."""
+    parts = [f for f in frames if len(f)]
+    gdf = pd.concat(parts, ignore_index=True) if parts else empty_staging()
+    gdf = gdf.sort_values(["source_file", "source_row"], kind="stable", ignore_index=True)
+    gdf["pv_id"] = make_pv_ids(dataset, gdf["source_id"].to_numpy(dtype=object), gdf.geometry.to_numpy())
+    gdf = gdf[list(SCHEMA) + ["geometry"]].astype(SCHEMA)
+    return gpd.GeoDataFrame(gdf, geometry="geometry", crs=geo.WGS84)
+
+
+def harmonize_dataset(
+    spec: DatasetSpec,
+    root: str | Path | None = None,
+    h3_resolution: int = 12,
+    progress: bool = True,
+) -> tuple[gpd.GeoDataFrame, dict]:
+    """Harmonize every selected file of one dataset.
+
+    Parameters
+    ----------
+    spec : DatasetSpec
+        The dataset's manifest entry.
+    root : str or Path, optional
+        Folder holding the files (the download folder); defaults to the entry's ``path``.
+    h3_resolution : int
+        Resolution of ``h3_cell``.
+    progress : bool
+        Show a tqdm bar over files.
+
+    Returns
+    -------
+    staging : geopandas.GeoDataFrame
+        Canonical schema (see :data:`SCHEMA`), sorted by ``source_file``, ``source_row``.
+    report : dict
+        Per-file and total counts of rows read, repaired, dropped (by reason), written.
+
+    Raises
+    ------
+    DatasetError
+        For any bad input, naming the dataset, the file and the reason.
+    """
+    spec.check()
+    files: list[LabelFile] = find_label_files(spec, root)
+    frames, per_file = [], []
+    for lf in tqdm(files, desc=f"harmonize {spec.name}", unit="file", disable=not progress):
+        frame, stats = harmonize_frame(read_labels(spec, lf), spec, h3_resolution)
+        frames.append(frame)
+        per_file.append(stats)
+    staging = finalize(frames, spec.name)
+    dropped: Counter = Counter()
+    for s in per_file:
+        dropped.update(s["dropped"])
+    report = {
+        "dataset": spec.name,
+        "label_fmt": spec.label_fmt,
+        "manifest_fingerprint": spec.fingerprint,
+        "h3_resolution": h3_resolution,
+        "rows_read": sum(s["rows_read"] for s in per_file),
+        "repaired": sum(s["repaired"] for s in per_file),
+        "dropped": dict(sorted(dropped.items())),
+        "rows_written": int(len(staging)),
+        "geom_types": dict(sorted(Counter(staging["geom_type"]).items())),
+        "files": per_file,
+    }
+    return staging, report
+
+
+def write_staging(staging: gpd.GeoDataFrame, report: dict, parquet_path: str | Path, report_path: str | Path) -> None:
+    """Write the staging GeoParquet and its JSON report, each atomically."""
+    write_geoparquet(staging, parquet_path)
+    write_json(report, report_path)
+
+
+def dataset_root(spec: DatasetSpec, layout) -> Path | None:
+    """Where a dataset's files are: its own ``path`` when local, else the download folder."""
+    return None if spec.repo == "local" else layout.raw_dir(spec.name)
+
+
+def report_table(report: dict) -> pd.DataFrame:
+    """Per-file counts of a harmonize report, one row per file plus a total row."""
+    rows = []
+    for f in report["files"]:
+        rows.append({
+            "source_file": f["source_file"],
+            "crs": f"{f['crs']} ({f['crs_from']})",
+            "rows_read": f["rows_read"],
+            "repaired": f["repaired"],
+            "dropped": sum(f["dropped"].values()),
+            "why_dropped": ", ".join(f"{k}: {v}" for k, v in f["dropped"].items()),
+            "rows_written": f["rows_written"],
+        })
+    rows.append({
+        "source_file": "total", "crs": "EPSG:4326 (output)", "rows_read": report["rows_read"],
+        "repaired": report["repaired"], "dropped": sum(report["dropped"].values()),
+        "why_dropped": ", ".join(f"{k}: {v}" for k, v in report["dropped"].items()),
+        "rows_written": report["rows_written"],
+    })
+    return pd.DataFrame(rows)

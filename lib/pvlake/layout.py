@@ -1,0 +1,47 @@
+"""Where every output of the pipeline lives, so no path string is written twice.
+
+Everything a run writes sits under ``data_dir``; the layers follow the design:
+``raw`` (as downloaded), ``staging`` (harmonized, one table per dataset), ``prepared``
+(de-duplicated) and ``curated`` (enriched products).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Named locations under one ``data_dir``.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        Root of everything a run writes.
+    """
+
+    data_dir: Path
+
+    def __init__(self, data_dir: str | Path):
+        object.__setattr__(self, "data_dir", Path(data_dir))
+
+    def raw_dir(self, dataset: str) -> Path:
+        """Folder of a dataset's downloaded files."""
+        return self.data_dir / "raw" / dataset
+
+    def staging_parquet(self, dataset: str) -> Path:
+        """Harmonized GeoParquet of one dataset."""
+        return self.data_dir / "staging" / f"{dataset}.parquet"
+
+    def staging_report(self, dataset: str) -> Path:
+        """JSON summary of what harmonize read, repaired and dropped."""
+        return self.data_dir / "staging" / f"{dataset}.report.json"
+
+    def executed_notebook(self, stage: str, name: str) -> Path:
+        """Executed copy of a stage notebook (kept for the book)."""
+        return self.data_dir / "notebooks" / stage / f"{name}.ipynb"
+
+    def log(self, stage: str, name: str) -> Path:
+        """Plain-text log of one rule run."""
+        return self.data_dir / "logs" / stage / f"{name}.log"

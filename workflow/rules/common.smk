@@ -1,0 +1,48 @@
+import json
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from pvlake.errors import DatasetError
+from pvlake.layout import Layout
+from pvlake.manifest import active_datasets, load_manifest
+from pvlake.sources import find_label_files
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+LAYOUT = Layout(config["data_dir"])
+MANIFEST = load_manifest(config["manifest"])
+DATASETS = active_datasets(MANIFEST)
+# The project's interpreter, whatever `python` is on PATH.
+PYTHON = sys.executable
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS) or "NO_DATASET",
+
+
+def dataset_inputs(wildcards):
+    """Files a dataset's harmonize step reads: its selected local files, or the
+    download stage's provenance file. A dataset whose files cannot be listed still
+    gets a job, which then fails with the reason (other datasets go on)."""
+    spec = MANIFEST[wildcards.dataset]
+    if spec.repo != "local":
+        return [str(LAYOUT.raw_dir(spec.name) / "MANIFEST.json")]
+    try:
+        spec.check()
+        return sorted({str(lf.path) for lf in find_label_files(spec)})
+    except DatasetError:
+        return []
+
+
+def notebook_params(**params):
+    """Notebook parameters as the JSON string the runner takes (never secrets)."""
+    return json.dumps(params, sort_keys=True)
+
+
+def staging_outputs():
+    return [str(LAYOUT.staging_parquet(d)) for d in DATASETS] + [
+        str(LAYOUT.staging_report(d)) for d in DATASETS
+    ]
