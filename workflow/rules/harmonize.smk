@@ -1,7 +1,8 @@
 rule harmonize:
     """One dataset's label files into the canonical GeoParquet schema."""
     input:
-        manifest=config["manifest"],
+        # Not the manifest file itself: editing one entry must not rerun every dataset;
+        # the entry's fingerprint (params) and its files (input) track what matters.
         notebook="notebooks/harmonize.ipynb",
         files=dataset_inputs,
     output:
@@ -11,6 +12,7 @@ rule harmonize:
         notebook=str(LAYOUT.executed_notebook("harmonize", "{dataset}")),
         text=str(LAYOUT.log("harmonize", "{dataset}")),
     params:
+        python=PYTHON,
         # The entry's hash: editing one manifest entry reruns only that dataset.
         fingerprint=lambda wc: MANIFEST[wc.dataset].fingerprint,
         nb=lambda wc: notebook_params(
@@ -20,5 +22,5 @@ rule harmonize:
             h3_resolution=config["h3_resolution"],
         ),
     shell:
-        "{PYTHON} -m pvlake.notebook {input.notebook} {log.notebook}"
+        "{params.python} -m pvlake.notebook {input.notebook} {log.notebook}"
         " --params {params.nb:q} --log {log.text}"
