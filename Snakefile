@@ -14,5 +14,5 @@ include: "workflow/rules/harmonize.smk"
 
 rule all:
     input:
-        staging_outputs(),
+        TARGETS,
     default_target: True

@@ -68,6 +68,13 @@ def test_canonical_schema_and_counts(mixed_geojson):
     assert all(len(c) == 15 for c in gdf["h3_cell"])
 
 
+def test_geometry_types_outside_the_declared_ones_are_reported(mixed_geojson):
+    _, report = run(mixed_geojson, geom_type={"features": "Polygon"})
+    assert report["unexpected_geom_types"] == {"Point": 1}
+    _, report = run(mixed_geojson, geom_type=["Point", "Polygon"])
+    assert report["unexpected_geom_types"] == {}
+
+
 def test_pv_ids_are_unique_stable_and_geometry_based_without_ids(mixed_geojson):
     a, _ = run(mixed_geojson)
     b, _ = run(mixed_geojson)

@@ -106,3 +106,17 @@ def test_invalid_manifest_is_refused(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_manifest(bad)
+
+
+@pytest.mark.parametrize(
+    "geom_type, expected",
+    [
+        ({"features": ["Point", "Polygon", "MultiPolygon"]}, {"Point", "Polygon", "MultiPolygon"}),
+        ({"features": "Polygon"}, {"Polygon"}),
+        (["Point"], {"Point"}),
+        ({"Polygon": ["Point"]}, {"Polygon", "Point"}),
+        (None, set()),
+    ],
+)
+def test_declared_geom_types_accepts_every_upstream_shape(tmp_path, geom_type, expected):
+    assert parse_entry("d", {"geom_type": geom_type}, tmp_path).declared_geom_types == expected

@@ -17,7 +17,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import geo
 from .io import write_geoparquet, write_json
@@ -135,6 +135,16 @@ def _canonical_attribute(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> n
         return np.full(len(frame), np.nan)
     values = pd.to_numeric(frame[src.col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     return values * src.factor
+
+
+def unexpected_geom_types(found: Counter, declared: set[str]) -> dict[str, int]:
+    """Counts of found geometry types whose family (point or polygon) the manifest's
+    ``geom_type`` does not declare; empty when nothing is declared."""
+    if not declared:
+        return {}
+    families = {"Point": "point", "MultiPoint": "point", "Polygon": "polygon", "MultiPolygon": "polygon"}
+    allowed = {families[t] for t in declared}
+    return {t: n for t, n in sorted(found.items()) if families.get(t) not in allowed}
 
 
 def harmonize_frame(sf: SourceFrame, spec: DatasetSpec, h3_resolution: int) -> tuple[gpd.GeoDataFrame, dict]:
@@ -256,6 +266,7 @@ def harmonize_dataset(
         "dropped": dict(sorted(dropped.items())),
         "rows_written": int(len(staging)),
         "geom_types": dict(sorted(Counter(staging["geom_type"]).items())),
+        "unexpected_geom_types": unexpected_geom_types(Counter(staging["geom_type"]), spec.declared_geom_types),
         "files": per_file,
     }
     return staging, report

@@ -36,6 +36,8 @@ LABEL_FORMATS: dict[str, tuple[str, ...]] = {
 }
 """Readable ``label_fmt`` values and the file extensions each reads."""
 
+GEOMETRY_TYPES = ("Point", "MultiPoint", "Polygon", "MultiPolygon")
+
 REPOSITORIES = ("local", "zenodo", "figshare", "sciencebase", "github", "direct_download", "url")
 
 ARCHIVE_SUFFIXES = (".zip",)
@@ -104,6 +106,27 @@ class DatasetSpec:
     lat_col: str | None = None
     priority: int = 0
     skip: bool = False
+
+    @property
+    def declared_geom_types(self) -> set[str]:
+        """Geometry types the entry's ``geom_type`` names, whatever its upstream shape
+        (a string, a list, or ``{"features": ...}``); empty when it names none."""
+        found: set[str] = set()
+
+        def walk(node):
+            if isinstance(node, str):
+                if node in GEOMETRY_TYPES:
+                    found.add(node)
+            elif isinstance(node, dict):
+                for key, value in node.items():
+                    walk(key)
+                    walk(value)
+            elif isinstance(node, list):
+                for value in node:
+                    walk(value)
+
+        walk(self.entry.get("geom_type"))
+        return found
 
     @property
     def fingerprint(self) -> str:

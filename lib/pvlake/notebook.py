@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 KERNEL_NAME = "pvlake"
@@ -28,6 +29,24 @@ def project_kernel_env() -> None:
     paths = os.environ.get("JUPYTER_PATH", "")
     if share not in paths.split(os.pathsep):
         os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (share, paths) if p)
+
+
+def ipc_kernel_manager(socket_dir: str | Path) -> type:
+    """A kernel manager class whose kernels talk over IPC sockets in ``socket_dir``.
+
+    Parallel papermill runs (``snakemake -j8``) over TCP race for free ports: a kernel can
+    die with "Address already in use" and leave papermill waiting. Unix sockets in a
+    folder of each run's own cannot collide.
+    """
+    from jupyter_client import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = str(Path(socket_dir) / "kernel")
+
+    return IPCKernelManager
 
 
 def run_notebook(source: str | Path, output: str | Path, parameters: dict, log_path: str | Path | None = None) -> None:
@@ -51,10 +70,12 @@ def run_notebook(source: str | Path, output: str | Path, parameters: dict, log_p
         logging.getLogger("papermill").setLevel(logging.INFO)
         handlers.append(handler)
     try:
-        pm.execute_notebook(
-            str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
-            progress_bar=False, log_output=bool(log_path), cwd=None,
-        )
+        with tempfile.TemporaryDirectory(prefix="pvlake-kernel-") as socket_dir:
+            pm.execute_notebook(
+                str(source), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
+                progress_bar=False, log_output=bool(log_path), cwd=None,
+                kernel_manager_class=ipc_kernel_manager(socket_dir),
+            )
     finally:
         for handler in handlers:
             logging.getLogger("papermill").removeHandler(handler)

@@ -1,3 +1,7 @@
+TARGETS.extend(str(LAYOUT.staging_parquet(d)) for d in DATASETS)
+TARGETS.extend(str(LAYOUT.staging_report(d)) for d in DATASETS)
+
+
 rule harmonize:
     """One dataset's label files into the canonical GeoParquet schema."""
     input:

@@ -4,7 +4,6 @@
 opened member by member), and ``read_labels`` parses one file into a GeoDataFrame in its
 source CRS, whatever the format: GeoJSON, ESRI Shapefile (plain or zipped), GeoPackage
 (layer picked), CSV of lon/lat columns, or a bare JSON array of ``[lon, lat]`` pairs.
-Repository clients that fetch datasets (``get_*``) join these readers in this module.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ import pyogrio
 import pyproj
 import shapely
 
-from .errors import DatasetError
-from .manifest import ARCHIVE_SUFFIXES, LABEL_FORMATS, DatasetSpec
+from ..errors import DatasetError
+from ..manifest import ARCHIVE_SUFFIXES, LABEL_FORMATS, DatasetSpec
 
 JUNK = re.compile(r"(^|/)(__MACOSX|\.DS_Store|Thumbs\.db)(/|$)|(^|/)\._")
 """Archive and OS clutter that is never a label file."""
