@@ -38,6 +38,30 @@ class Layout:
         """JSON summary of what harmonize read, repaired and dropped."""
         return self.data_dir / "staging" / f"{dataset}.report.json"
 
+    def prepared_parquet(self) -> Path:
+        """De-duplicated installations of every dataset (GeoParquet)."""
+        return self.data_dir / "prepared" / "pv_installations.parquet"
+
+    def dedup_report(self) -> Path:
+        """JSON report of the dedup stage (pairs per rule, clusters, overlaps, scores)."""
+        return self.data_dir / "prepared" / "dedup_report.json"
+
+    def lake_dir(self) -> Path:
+        """The DuckLake lakehouse: catalog plus its data files."""
+        return self.data_dir / "lake"
+
+    def lake_catalog(self) -> Path:
+        """DuckLake metadata catalog (a DuckDB file)."""
+        return self.lake_dir() / "catalog.ducklake"
+
+    def lake_data(self) -> Path:
+        """Folder of the lake's Parquet data files."""
+        return self.lake_dir() / "data"
+
+    def lake_summary(self) -> Path:
+        """JSON written by each lake publish: snapshot id, tables and row counts."""
+        return self.lake_dir() / "publish.json"
+
     def executed_notebook(self, stage: str, name: str) -> Path:
         """Executed copy of a stage notebook (kept for the book)."""
         return self.data_dir / "notebooks" / stage / f"{name}.ipynb"
