@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,19 @@ def write_manifest(tmp_path):
         return path
 
     return _write
+
+
+def snakemake(*args: str) -> subprocess.CompletedProcess:
+    """Run the project's Snakemake workflow from the repository root."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> Path:
+    """The default workflow run on the embedded sample, once per test session, in a
+    temporary data_dir (returned)."""
+    data_dir = tmp_path_factory.mktemp("sample_run")
+    run = snakemake("-j8", "--config", f"data_dir={data_dir}")
+    assert run.returncode == 0, run.stderr[-4000:]
+    return data_dir

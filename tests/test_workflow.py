@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import geopandas as gpd
 import nbformat
@@ -16,20 +13,7 @@ from pvlake.manifest import active_datasets, load_manifest
 
 pytestmark = pytest.mark.workflow
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-
-
-def snakemake(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("data")
-    run = snakemake("-j8", "--config", f"data_dir={data_dir}")
-    assert run.returncode == 0, run.stderr[-4000:]
-    return data_dir
+from conftest import snakemake
 
 
 def test_sample_run_writes_every_staging_output(sample_run, sample_dir):
