@@ -10,6 +10,7 @@ configfile: "workflow/config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/harmonize.smk"
+include: "workflow/rules/dedup.smk"
 
 
 rule all:

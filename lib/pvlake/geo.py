@@ -127,6 +127,18 @@ def centroid_lonlat(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return shapely.get_x(c), shapely.get_y(c)
 
 
+KEY_DECIMALS = 9
+"""Coordinates are rounded to this many decimals (~0.1 mm) in geometry keys, so a
+last-bit difference between PROJ versions cannot change a key."""
+
+
+def geometry_keys(geoms: np.ndarray) -> np.ndarray:
+    """Hex WKB of each geometry, normalised (ring start and order) and rounded: equal keys
+    mean the same shape whatever its vertex order."""
+    rounded = shapely.transform(shapely.normalize(geoms), lambda xy: np.round(xy, KEY_DECIMALS))
+    return shapely.to_wkb(rounded, hex=True)
+
+
 def h3_cells(lon: np.ndarray, lat: np.ndarray, resolution: int) -> np.ndarray:
     """H3 cell (hexadecimal string) containing each lon/lat point, None where NaN."""
     lon = np.asarray(lon, dtype=float)

@@ -61,11 +61,6 @@ SCHEMA_DOC: dict[str, str] = {
 }
 """One-line description of every canonical column (README and book)."""
 
-ID_GEOMETRY_DECIMALS = 9
-"""Coordinates are rounded to this many decimals (~0.1 mm) when a geometry is the id key,
-so a last-bit difference between PROJ versions cannot change an id."""
-
-
 def _json_value(v):
     if v is None or v is pd.NA or v is pd.NaT:
         return None
@@ -113,14 +108,11 @@ def make_pv_ids(dataset: str, source_id: np.ndarray, geoms: np.ndarray) -> np.nd
     A key that repeats inside a dataset (an exact duplicate, a reused id) gets an
     occurrence suffix in row order, so ids stay unique and reproducible.
     """
-    rounded = shapely.transform(
-        shapely.normalize(geoms), lambda xy: np.round(xy, ID_GEOMETRY_DECIMALS)
-    )
-    wkb = shapely.to_wkb(rounded, hex=True)
+    wkb = geo.geometry_keys(geoms)
     seen: Counter = Counter()
     ids = np.empty(len(geoms), dtype=object)
     for i, (sid, g) in enumerate(zip(source_id, wkb)):
-        key = f"id:{sid}" if sid is not None else f"geom:{g}"
+        key = f"geom:{g}" if sid is None or pd.isna(sid) else f"id:{sid}"
         n = seen[key]
         seen[key] += 1
         if n:

@@ -18,6 +18,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyogrio
 import pyproj
 import shapely
@@ -34,6 +35,11 @@ PROVENANCE_FILES = {"MANIFEST.json"}
 SOLAR_LAYER = re.compile(r"solar|photovolt|(^|_)pv(_|$)", re.IGNORECASE)
 
 GEOJSON_HEAD_BYTES = 65536
+
+NULLABLE_INTEGERS = {
+    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(),
+}
 
 
 @dataclass(frozen=True)
@@ -215,7 +221,11 @@ def pick_layer(spec: DatasetSpec, lf: LabelFile) -> str | None:
 def _read_vector(spec: DatasetSpec, lf: LabelFile) -> SourceFrame:
     layer = pick_layer(spec, lf) if spec.label_fmt == "gpkg" else None
     info = pyogrio.read_info(lf.gdal_path, layer=layer)
-    frame = pyogrio.read_dataframe(lf.gdal_path, layer=layer, use_arrow=True)
+    # Nullable integers stay integers (ids with gaps would otherwise become floats).
+    frame = pyogrio.read_dataframe(
+        lf.gdal_path, layer=layer, use_arrow=True,
+        arrow_to_pandas_kwargs={"types_mapper": NULLABLE_INTEGERS.get},
+    )
     declared = info["crs"]
     if spec.label_fmt == "geojson" and not _geojson_declares_crs(lf) and declared in ("EPSG:4326", "OGC:CRS84"):
         declared = None

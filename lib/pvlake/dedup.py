@@ -1,0 +1,389 @@
+"""Dedup stage: one installation per real PV site across and within datasets.
+
+Records are duplicates when they are the same normalised geometry (``exact``) or when a
+spatial rule holds for a candidate pair that shares an H3 cell:
+
+- ``polygon_polygon``: intersection area / smaller area >= ``overlap_threshold``;
+- ``point_polygon``: the point lies inside the polygon or within ``point_buffer_m`` of it;
+- ``point_point``: the points are closer than ``point_merge_m`` (geodesic distance).
+
+Duplicates form clusters (connected components of the duplicate graph). Each cluster
+becomes one installation whose geometry and id are its representative's: polygons before
+points, then the dataset with the higher manifest ``priority``, then the more detailed
+shape (more vertices), then the smaller ``pv_id``. ``capacity_mw`` and ``install_year``
+come from the first record in that same order that has a value.
+
+Candidate pairs come from H3: polygons are covered by every cell they intersect at
+``h3_resolution`` (so two polygons that overlap always share a cell); points sit in their
+cell and look at the cells within reach of the largest point distance, so no pair within
+``point_buffer_m`` or ``point_merge_m`` is missed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import h3
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import shapely
+from h3ronpy import grid_disk
+from h3ronpy.vector import ContainmentMode, coordinates_to_cells, wkb_to_cells
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from . import geo
+from .harmonize import SCHEMA
+from .io import write_geoparquet, write_json
+
+RULES = ("exact", "polygon_polygon", "point_polygon", "point_point")
+
+PROVENANCE = {"n_sources": "int64", "n_datasets": "int64", "source_datasets": object, "merged_ids": object}
+"""Columns the prepared layer adds to the canonical schema."""
+
+PROVENANCE_DOC = {
+    "n_sources": "number of staging records merged into this installation (1 = no duplicate)",
+    "n_datasets": "number of distinct datasets among them",
+    "source_datasets": "sorted list of those datasets",
+    "merged_ids": "staging pv_ids of every merged record, the representative's first",
+}
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    """Thresholds of the duplicate rules (config key ``dedup``).
+
+    Attributes
+    ----------
+    h3_resolution : int
+        Resolution of the candidate cells (10: cells of ~15,000 m², edges ~76 m).
+    overlap_threshold : float
+        Minimum intersection area / smaller area for two polygons to be one site.
+    point_buffer_m : float
+        A point this close to a polygon (metres) is the same site.
+    point_merge_m : float
+        Two points closer than this (metres) are the same site.
+    """
+
+    h3_resolution: int = 10
+    overlap_threshold: float = 0.5
+    point_buffer_m: float = 10.0
+    point_merge_m: float = 50.0
+
+
+def load_staging(paths: list[str | Path]) -> gpd.GeoDataFrame:
+    """All staging tables in one frame, in a deterministic order (dataset, file, row)."""
+    frames = [gpd.read_parquet(p) for p in sorted(map(str, paths))]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return gpd.GeoDataFrame(columns=list(SCHEMA) + ["geometry"], geometry="geometry", crs=geo.WGS84)
+    gdf = pd.concat(frames, ignore_index=True)
+    gdf = gdf.sort_values(["dataset", "source_file", "source_row"], kind="stable", ignore_index=True)
+    return gpd.GeoDataFrame(gdf, geometry="geometry", crs=geo.WGS84)
+
+
+# -- candidate pairs -------------------------------------------------------------------
+
+
+def _pairs_sharing_a_key(keys: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i < j) of owners that share a key, once."""
+    order = np.lexsort((owners, keys))
+    keys, owners = keys[order], owners[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    sizes = np.diff(np.r_[starts, len(keys)])
+    left, right = [], []
+    for size in np.unique(sizes[sizes > 1]):
+        # all groups of one size at once: an (n_groups, size) block of owners
+        block = owners[starts[sizes == size][:, None] + np.arange(size)]
+        a, b = np.triu_indices(size, k=1)
+        left.append(block[:, a].ravel())
+        right.append(block[:, b].ravel())
+    if not left:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return _unique_pairs(np.concatenate(left), np.concatenate(right))
+
+
+def _unique_pairs(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    keep = lo != hi
+    packed = np.unique(lo[keep].astype(np.int64) << 32 | hi[keep].astype(np.int64))
+    return packed >> 32, packed & 0xFFFFFFFF
+
+
+def exact_pairs(gdf: gpd.GeoDataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of records with the same normalised geometry (within and across datasets)."""
+    keys = geo.geometry_keys(gdf.geometry.to_numpy())
+    codes = pd.factorize(keys)[0]
+    return _pairs_sharing_a_key(codes, np.arange(len(gdf)))
+
+
+def point_disk_k(resolution: int, distance_m: float) -> int:
+    """Grid-disk radius (in cells) that surely reaches every place within ``distance_m``.
+
+    Neighbouring cell centres are sqrt(3) edge lengths apart, and H3 edge lengths vary
+    about twofold over the globe, so half the average edge is a safe lower bound; one more
+    ring covers a point near its own cell's edge.
+    """
+    min_spacing_m = math.sqrt(3) * h3.average_hexagon_edge_length(resolution, "m") / 2
+    return math.ceil(distance_m / min_spacing_m) + 1
+
+
+def _flat_cells(cells) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened cells of a list array and the count per input row."""
+    cells = pa.array(cells)
+    return cells.flatten().to_numpy().astype(np.uint64), np.diff(cells.offsets.to_numpy())
+
+
+def candidate_pairs(gdf: gpd.GeoDataFrame, params: DedupParams) -> tuple[np.ndarray, np.ndarray]:
+    """Record pairs that a spatial rule could accept, found through shared H3 cells.
+
+    Polygons register every cell they intersect and pair with each other per shared cell.
+    Points register their own cell and look up every registered cell in their grid disk
+    (radius from :func:`point_disk_k`), pairing with the polygons and points found there.
+    """
+    is_point = (gdf["geom_type"] == "Point").to_numpy()
+    poly_idx = np.flatnonzero(~is_point)
+    point_idx = np.flatnonzero(is_point)
+    empty = np.empty(0, np.int64)
+
+    poly_cells, counts = _flat_cells(wkb_to_cells(
+        pa.array(shapely.to_wkb(gdf.geometry.to_numpy()[poly_idx])), params.h3_resolution,
+        containment_mode=ContainmentMode.IntersectsBoundary,
+    )) if len(poly_idx) else (np.empty(0, np.uint64), empty)
+    poly_owner = np.repeat(poly_idx, counts)
+    i, j = [empty], [empty]
+    a, b = _pairs_sharing_a_key(poly_cells, poly_owner)
+    i.append(a)
+    j.append(b)
+
+    if len(point_idx):
+        own = pa.array(coordinates_to_cells(
+            gdf["centroid_lat"].to_numpy()[point_idx], gdf["centroid_lon"].to_numpy()[point_idx],
+            params.h3_resolution,
+        ))
+        k = point_disk_k(params.h3_resolution, max(params.point_buffer_m, params.point_merge_m))
+        disk, counts = _flat_cells(grid_disk(own, k))
+        registered = pd.DataFrame({
+            "cell": np.concatenate([poly_cells, own.to_numpy().astype(np.uint64)]),
+            "owner": np.concatenate([poly_owner, point_idx]),
+        })
+        looked_up = pd.DataFrame({"cell": disk, "point": np.repeat(point_idx, counts)})
+        hits = looked_up.merge(registered, on="cell")
+        i.append(hits["point"].to_numpy())
+        j.append(hits["owner"].to_numpy())
+    return _unique_pairs(np.concatenate(i), np.concatenate(j))
+
+
+# -- duplicate rules -------------------------------------------------------------------
+
+
+def _geodesic_m(lon1, lat1, lon2, lat2) -> np.ndarray:
+    return geo.GEOD.inv(lon1, lat1, lon2, lat2)[2]
+
+
+def classify_pairs(
+    gdf: gpd.GeoDataFrame, i: np.ndarray, j: np.ndarray, params: DedupParams
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Candidate pairs that are duplicates, by rule (exact pairs are found separately).
+
+    The polygon overlap ratio is computed in lon/lat degrees: over a few kilometres the
+    degree-to-metre scale is constant, so it cancels out of a ratio of areas.
+    """
+    geoms = gdf.geometry.to_numpy()
+    is_point = (gdf["geom_type"] == "Point").to_numpy()
+    out = {}
+
+    pp = ~is_point[i] & ~is_point[j]
+    a, b = i[pp], j[pp]
+    hit = shapely.intersects(geoms[a], geoms[b])
+    a, b = a[hit], b[hit]
+    inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
+    smaller = np.minimum(shapely.area(geoms[a]), shapely.area(geoms[b]))
+    ok = inter >= params.overlap_threshold * smaller
+    out["polygon_polygon"] = (a[ok], b[ok])
+
+    mixed = is_point[i] != is_point[j]
+    pt = np.where(is_point[i], i, j)[mixed]
+    pg = np.where(is_point[i], j, i)[mixed]
+    inside = shapely.intersects(geoms[pt], geoms[pg])
+    near = np.zeros(len(pt), dtype=bool)
+    outside = np.flatnonzero(~inside)
+    if len(outside):
+        nearest = shapely.get_coordinates(shapely.shortest_line(geoms[pt[outside]], geoms[pg[outside]]))
+        start, end = nearest[0::2], nearest[1::2]
+        near[outside] = _geodesic_m(start[:, 0], start[:, 1], end[:, 0], end[:, 1]) <= params.point_buffer_m
+    ok = inside | near
+    out["point_polygon"] = _unique_pairs(pt[ok], pg[ok])
+
+    both = is_point[i] & is_point[j]
+    a, b = i[both], j[both]
+    lon = gdf["centroid_lon"].to_numpy()
+    lat = gdf["centroid_lat"].to_numpy()
+    ok = _geodesic_m(lon[a], lat[a], lon[b], lat[b]) < params.point_merge_m
+    out["point_point"] = (a[ok], b[ok])
+    return out
+
+
+def cluster_labels(n: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Connected components of the duplicate graph: one label per record, numbered in
+    order of each cluster's first record (deterministic)."""
+    i = np.concatenate([p[0] for p in pairs] + [np.empty(0, np.int64)])
+    j = np.concatenate([p[1] for p in pairs] + [np.empty(0, np.int64)])
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return pd.factorize(labels)[0]
+
+
+# -- merge -----------------------------------------------------------------------------
+
+
+def representative_order(gdf: gpd.GeoDataFrame, priority: dict[str, int]) -> np.ndarray:
+    """Row order by preference: polygons first, higher dataset priority, more vertices,
+    smaller pv_id."""
+    is_point = (gdf["geom_type"] == "Point").to_numpy()
+    prio = gdf["dataset"].map(lambda d: priority.get(d, 0)).to_numpy()
+    vertices = shapely.get_num_coordinates(gdf.geometry.to_numpy())
+    return np.lexsort((gdf["pv_id"].to_numpy(dtype=str), -vertices, -prio, is_point))
+
+
+def merge_clusters(gdf: gpd.GeoDataFrame, labels: np.ndarray, priority: dict[str, int]) -> gpd.GeoDataFrame:
+    """One row per cluster: the representative's columns plus provenance."""
+    order = representative_order(gdf, priority)
+    ranked = gdf.iloc[order].assign(_cluster=labels[order])
+    groups = ranked.groupby("_cluster", sort=True)
+    first = groups.head(1).set_index("_cluster").sort_index()
+    for col in ("capacity_mw", "install_year"):
+        first[col] = groups[col].first()  # first non-null in preference order
+    first["merged_ids"] = groups["pv_id"].agg(list)
+    first["source_datasets"] = groups["dataset"].agg(lambda s: sorted(set(s)))
+    first["n_sources"] = first["merged_ids"].str.len().astype("int64")
+    first["n_datasets"] = first["source_datasets"].str.len().astype("int64")
+    out = first.reset_index(drop=True)[list(SCHEMA) + list(PROVENANCE) + ["geometry"]]
+    out = out.astype(SCHEMA).sort_values("pv_id", ignore_index=True)
+    return gpd.GeoDataFrame(out, geometry="geometry", crs=geo.WGS84)
+
+
+# -- reports ---------------------------------------------------------------------------
+
+
+def overlap_matrix(gdf: gpd.GeoDataFrame, labels: np.ndarray) -> pd.DataFrame:
+    """Rows A, columns B: how many of A's records share their installation with a record
+    of B (the diagonal counts A's records merged with another record of A)."""
+    frame = pd.DataFrame({"dataset": gdf["dataset"].to_numpy(), "cluster": labels})
+    datasets = sorted(frame["dataset"].unique())
+    matrix = pd.DataFrame(0, index=datasets, columns=datasets, dtype="int64")
+    sizes = frame.groupby("cluster").size()
+    multi = frame[frame["cluster"].map(sizes) > 1]
+    per_cluster = multi.groupby(["cluster", "dataset"]).size().rename("n").reset_index()
+    for _, members in per_cluster.groupby("cluster"):
+        for a in members.itertuples():
+            for b in members.itertuples():
+                # a record counts as "also in its own dataset" only with a second copy there
+                if a.dataset != b.dataset or a.n > 1:
+                    matrix.loc[a.dataset, b.dataset] += a.n
+    matrix.index.name = "dataset"
+    return matrix
+
+
+def _pairs_of(groups: list[list]) -> set[tuple]:
+    out = set()
+    for members in groups:
+        members = sorted(members)
+        out.update((a, b) for k, a in enumerate(members) for b in members[k + 1:])
+    return out
+
+
+def score_against_truth(gdf: gpd.GeoDataFrame, labels: np.ndarray, truth: dict) -> dict:
+    """Pairwise precision and recall of the clusters against planted duplicate clusters.
+
+    Records are identified by (dataset, source_file, source_row); only records present in
+    the staging tables are scored (ground-truth records dropped upstream are ignored).
+    """
+    keys = list(zip(gdf["dataset"], gdf["source_file"], gdf["source_row"].astype(int)))
+    known = set(keys)
+    truth_groups = [
+        [k for r in c["records"] if (k := (r["dataset"], r["source_file"], int(r["source_row"]))) in known]
+        for c in truth["duplicate_clusters"]
+    ]
+    predicted = pd.Series(keys).groupby(labels).agg(list)
+    truth_pairs = _pairs_of(truth_groups)
+    found_pairs = _pairs_of([g for g in predicted if len(g) > 1])
+    tp = len(truth_pairs & found_pairs)
+    return {
+        "true_pairs": len(truth_pairs),
+        "found_pairs": len(found_pairs),
+        "true_positives": tp,
+        "precision": tp / len(found_pairs) if found_pairs else 1.0,
+        "recall": tp / len(truth_pairs) if truth_pairs else 1.0,
+        "missed": sorted(map(list, truth_pairs - found_pairs)),
+        "spurious": sorted(map(list, found_pairs - truth_pairs)),
+    }
+
+
+def dedup(
+    staging: gpd.GeoDataFrame,
+    priority: dict[str, int] | None = None,
+    params: DedupParams = DedupParams(),
+    truth: dict | None = None,
+) -> tuple[gpd.GeoDataFrame, dict, np.ndarray]:
+    """De-duplicate staging records into installations.
+
+    Parameters
+    ----------
+    staging : geopandas.GeoDataFrame
+        Canonical staging rows of every dataset (see :func:`load_staging`).
+    priority : dict, optional
+        Dataset -> manifest ``priority`` (higher wins the representative).
+    params : DedupParams
+        Rule thresholds and candidate resolution.
+    truth : dict, optional
+        Ground truth (``duplicate_clusters``) to score the clusters against.
+
+    Returns
+    -------
+    prepared : geopandas.GeoDataFrame
+        One row per installation: canonical schema plus :data:`PROVENANCE` columns.
+    report : dict
+        Pairs per rule, cluster-size histogram, per-dataset overlap matrix, scores.
+    labels : numpy.ndarray
+        Cluster label of each staging row.
+    """
+    priority = priority or {}
+    pairs = {"exact": exact_pairs(staging)}
+    ci, cj = candidate_pairs(staging, params)
+    pairs.update(classify_pairs(staging, ci, cj, params))
+    labels = cluster_labels(len(staging), list(pairs.values()))
+    prepared = merge_clusters(staging, labels, priority)
+    sizes = Counter(Counter(labels.tolist()).values())
+    report = {
+        "params": asdict(params),
+        "records": int(len(staging)),
+        "installations": int(len(prepared)),
+        "candidate_pairs": int(len(ci)),
+        "pairs_per_rule": {rule: int(len(pairs[rule][0])) for rule in RULES},
+        "cluster_sizes": {str(k): int(v) for k, v in sorted(sizes.items())},
+        "records_per_dataset": {k: int(v) for k, v in sorted(Counter(staging["dataset"]).items())},
+        "overlap_matrix": json.loads(overlap_matrix(staging, labels).to_json(orient="index")),
+    }
+    if truth is not None:
+        report["score"] = score_against_truth(staging, labels, truth)
+    return prepared, report, labels
+
+
+def write_prepared(prepared: gpd.GeoDataFrame, report: dict, parquet_path: str | Path, report_path: str | Path) -> None:
+    """Write the prepared GeoParquet and the dedup report, each atomically."""
+    write_geoparquet(prepared, parquet_path)
+    write_json(report, report_path)
+
+
+def pairs_table(report: dict) -> pd.DataFrame:
+    """Duplicate pairs found per rule, as a table."""
+    return pd.DataFrame(
+        {"rule": list(report["pairs_per_rule"]), "pairs": list(report["pairs_per_rule"].values())}
+    )
