@@ -19,7 +19,7 @@ from pvlake.dedup import (
     exact_pairs,
     load_staging,
     overlap_matrix,
-    point_disk_k,
+    disk_k,
     score_against_truth,
     write_prepared,
 )
@@ -112,7 +112,26 @@ def test_candidates_are_complete_across_cell_edges():
     i, j = candidate_pairs(st, DedupParams(h3_resolution=12))
     found = set(zip(i, j))
     assert all((k, k + 1) in found for k in range(0, len(records), 2))
-    assert point_disk_k(12, 50) > point_disk_k(10, 50) >= 2
+    assert disk_k(12, 50) > disk_k(10, 50) >= 2
+
+
+@pytest.mark.parametrize("lat", [0.0, 36.07, 60.0])
+def test_small_polygons_are_found_across_cell_edges(lat):
+    # overlapping 15 m squares (small: anchored at their centroid cell) and a point 8 m
+    # outside one of them, scattered so that many straddle cell boundaries
+    rng = np.random.default_rng(int(lat))
+    records = []
+    for lon in rng.uniform(-100, 100, 60):
+        records.append({"geometry": square_m(lon, lat, 15)})
+        records.append({"geometry": square_m(lon, lat, 15, 6), "dataset": "b"})
+        records.append({"geometry": offset_m(lon, lat, -8, 7), "dataset": "c"})
+    st = staging_of(records)
+    params = DedupParams(h3_resolution=12)  # small cells: boundaries everywhere
+    pairs = classify_pairs(st, *candidate_pairs(st, params), params)
+    pp = set(zip(*pairs["polygon_polygon"]))
+    pt = set(zip(*pairs["point_polygon"]))
+    assert all((k, k + 1) in pp for k in range(0, len(records), 3))
+    assert all((k, k + 2) in pt for k in range(0, len(records), 3))
 
 
 def test_clusters_are_transitive_and_merge_keeps_every_record():
