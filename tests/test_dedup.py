@@ -16,7 +16,6 @@ from pvlake.dedup import (
     classify_pairs,
     cluster_labels,
     dedup,
-    exact_pairs,
     load_staging,
     overlap_matrix,
     disk_k,
@@ -63,9 +62,15 @@ LON, LAT = -79.79, 36.07  # Greensboro NC
 def test_exact_duplicates_ignore_vertex_order():
     a = square_m(LON, LAT, 30)
     b = shapely.Polygon(list(a.exterior.coords)[::-1])
-    st = staging_of([{"geometry": a}, {"geometry": b, "dataset": "b"}, {"geometry": square_m(LON, LAT, 31)}])
-    i, j = exact_pairs(st)
-    assert list(zip(i, j)) == [(0, 1)]
+    p = shapely.Point(LON, LAT)
+    st = staging_of([{"geometry": a}, {"geometry": b, "dataset": "b"}, {"geometry": square_m(LON, LAT, 31)},
+                     {"geometry": p}, {"geometry": p}])
+    pairs = classify_pairs(st, *candidate_pairs(st, DedupParams()), DedupParams())
+    assert {tuple(map(int, x)) for x in zip(*pairs["exact"])} == {(0, 1), (3, 4)}
+    assert (0, 2) in set(zip(*pairs["polygon_polygon"]))  # nested, not equal
+    # equal points merge even when the merge distance is zero
+    zero = DedupParams(point_merge_m=0)
+    assert len(classify_pairs(st, *candidate_pairs(st, zero), zero)["exact"][0]) == 2
 
 
 @pytest.mark.parametrize("shift_m, duplicate", [(40, True), (50, True), (52, False), (90, False)])
