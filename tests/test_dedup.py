@@ -17,6 +17,7 @@ from pvlake.dedup import (
     cluster_labels,
     dedup,
     load_staging,
+    merged_records,
     overlap_matrix,
     disk_k,
     score_against_truth,
@@ -164,6 +165,19 @@ def test_clusters_are_transitive_and_merge_keeps_every_record():
     assert report["pairs_per_rule"]["point_polygon"] == 4
     assert report["pairs_per_rule"]["point_point"] == 1
     assert report["cluster_sizes"] == {"1": 1, "4": 1}
+
+
+def test_merged_records_name_their_installation():
+    st = staging_of([
+        {"geometry": square_m(LON, LAT, 100), "dataset": "a"},
+        {"geometry": square_m(LON, LAT, 100, 10), "dataset": "b"},
+        {"geometry": square_m(LON + 1, LAT, 100), "dataset": "b"},
+    ])
+    prepared, _, labels = dedup(st)
+    merged = merged_records(st, labels, prepared)
+    assert sorted(merged["pv_id"]) == sorted(st["pv_id"][:2])
+    site = prepared[prepared["n_sources"] == 2]["pv_id"].iloc[0]
+    assert set(merged["installation_id"]) == {site}
 
 
 def test_capacity_is_carried_from_a_lower_ranked_record():

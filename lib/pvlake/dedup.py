@@ -479,3 +479,17 @@ def pairs_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame(
         {"rule": list(report["pairs_per_rule"]), "pairs": list(report["pairs_per_rule"].values())}
     )
+
+
+def merged_records(staging: gpd.GeoDataFrame, labels: np.ndarray, prepared: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The staging records of every installation made of more than one record, each with
+    its installation's id (``installation_id``, the representative's ``pv_id``)."""
+    member_of = {
+        member: pv_id
+        for pv_id, members in zip(prepared["pv_id"], prepared["merged_ids"])
+        if len(members) > 1
+        for member in members
+    }
+    merged = staging[staging["pv_id"].isin(member_of)].copy()
+    merged["installation_id"] = merged["pv_id"].map(member_of)
+    return merged.sort_values(["installation_id", "pv_id"], ignore_index=True)
