@@ -9,8 +9,12 @@ configfile: "workflow/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/harmonize.smk"
 include: "workflow/rules/dedup.smk"
+include: "workflow/rules/lake.smk"
+# Last: the book renders every stage included above.
+include: "workflow/rules/book.smk"
 
 
 rule all:

@@ -43,17 +43,219 @@ def write_manifest(tmp_path):
     return _write
 
 
+def book_dir_for(data_dir: str | Path) -> Path:
+    """Where a test run's book goes: next to its data_dir, never the user's book/_build."""
+    return Path(f"{data_dir}_book")
+
+
+def with_test_book_dir(args: tuple[str, ...]) -> list[str]:
+    """``args`` with ``book_dir=<data_dir>_book`` after the ``data_dir=`` config item
+    (unless a book_dir is given), so the book rule of a test run stays in temp folders."""
+    args = list(args)
+    if any(a.startswith("book_dir=") for a in args):
+        return args
+    for i, arg in enumerate(args):
+        if arg.startswith("data_dir="):
+            args.insert(i + 1, f"book_dir={book_dir_for(arg.split('=', 1)[1])}")
+            break
+    return args
+
+
 def snakemake(*args: str) -> subprocess.CompletedProcess:
-    """Run the project's Snakemake workflow from the repository root."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *args]
+    """Run the project's Snakemake workflow from the repository root (the book of a run
+    with a data_dir goes next to it: :func:`with_test_book_dir`)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *with_test_book_dir(args)]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory) -> Path:
     """The default workflow run on the embedded sample, once per test session, in a
-    temporary data_dir (returned)."""
+    temporary data_dir (returned); its book is in :func:`sample_book`."""
     data_dir = tmp_path_factory.mktemp("sample_run")
     run = snakemake("-j8", "--config", f"data_dir={data_dir}")
     assert run.returncode == 0, run.stderr[-4000:]
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def sample_book(sample_run) -> Path:
+    """The HTML folder of the book that the session's sample run built (index.html inside)."""
+    return book_dir_for(sample_run) / "html"
+
+
+@pytest.fixture
+def repository_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 (random port) playing the data repositories
+    (see tests/repository_server.py); stopped after the test."""
+    from repository_server import RepositoryServer
+
+    server = RepositoryServer(tmp_path / "served")
+    yield server
+    server.close()
+
+
+def postgres_bindir() -> Path | None:
+    """Folder of the PostgreSQL server programs (initdb, pg_ctl), or None: on PATH, else
+    Debian's /usr/lib/postgresql/<version>/bin (the postgresql-15 package)."""
+    import shutil
+
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server on 127.0.0.1 (free port, temporary folder, password
+    authentication), run as user postgres when the tests run as root (the server refuses
+    root). Yields host, port, user, password and the programs' folder; stopped at the end."""
+    import os
+    import secrets
+    import shutil
+    import socket
+    import tempfile
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server programs (initdb, pg_ctl) are absent; "
+                    "`bash workflow/scripts/setup.sh --test` installs them (apt postgresql-15)")
+    root = Path(tempfile.mkdtemp(prefix="pvlake-pg-"))
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    password = secrets.token_hex(16)
+    pwfile = root / "pwfile"
+    pwfile.write_text(password)
+    if as_user:
+        shutil.chown(pwfile, "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_user, bindir / "initdb", "-D", data, "-U", "postgres", "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+    pwfile.unlink()
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
+    subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-w", "-o", options,
+                    "start"], check=True, capture_output=True)
+    try:
+        yield {"host": "127.0.0.1", "port": port, "user": "postgres", "password": password, "bindir": bindir}
+    finally:
+        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_database(postgres_server, monkeypatch):
+    """A new, empty database on the throwaway server; returns its libpq connection string
+    (no password: the test's environment gets PGPASSWORD, as a user's would)."""
+    import uuid
+
+    server = postgres_server
+    monkeypatch.setenv("PGPASSWORD", server["password"])
+    name = f"lake_{uuid.uuid4().hex[:12]}"
+    subprocess.run([server["bindir"] / "createdb", "-h", server["host"], "-p", str(server["port"]),
+                    "-U", server["user"], name], check=True, capture_output=True)
+    return f"host={server['host']} port={server['port']} user={server['user']} dbname={name}"
+
+
+# --- book and maps: a static file server, headless Chromium, JupyterLab (all on 127.0.0.1) ---
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+]
+"""Debian's Chromium draws WebGL2 through SwiftShader with these; without the networking
+flags it keeps trying to reach Google's hosts."""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def book_server(sample_book):
+    """The sample run's book served over http://127.0.0.1 (a plain static file server, as
+    an archive would host it); yields the base URL."""
+    import functools
+    import http.server
+    import threading
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(sample_book))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Debian Chromium driven by Playwright (never a downloaded browser build)."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} missing: run `bash workflow/scripts/setup.sh --test` (installs Debian chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """A JupyterLab server on 127.0.0.1 in this environment (project kernel, the maps'
+    assets registered by the set-up script), serving ``tmp_path``; yields (base URL with
+    token, root folder). Stopped after the test."""
+    import secrets
+    import time
+    import urllib.request
+
+    token = secrets.token_hex(16)
+    port = free_port()
+    root = tmp_path / "lab"
+    root.mkdir()
+    cmd = [
+        str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--allow-root",
+        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.root_dir={root}",
+        f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0", "--LabApp.news_url=",
+    ]
+    log = open(tmp_path / "jupyterlab.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{base}api/status?token={token}", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        else:
+            pytest.fail("JupyterLab did not answer within 60 s")
+        assert proc.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-3000:]
+        yield base, token, root
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+# --- end book and maps ---

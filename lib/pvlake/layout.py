@@ -30,6 +30,14 @@ class Layout:
         """Folder of a dataset's downloaded files."""
         return self.data_dir / "raw" / dataset
 
+    def raw_manifest(self, dataset: str) -> Path:
+        """Provenance of a dataset's downloaded files; the download stage writes it last."""
+        return self.raw_dir(dataset) / "MANIFEST.json"
+
+    def download_cache(self, dataset: str) -> Path:
+        """A dataset's files exactly as fetched (archives included), reused by reruns."""
+        return self.data_dir / "downloads" / dataset
+
     def staging_parquet(self, dataset: str) -> Path:
         """Harmonized GeoParquet of one dataset."""
         return self.data_dir / "staging" / f"{dataset}.parquet"

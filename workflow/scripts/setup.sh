@@ -23,7 +23,28 @@ fi
 # The kernel papermill runs: this environment's Python, never a user-level kernel.
 .venv/bin/python -m ipykernel install --sys-prefix --name pvlake --display-name "Python (pvlake)" >/dev/null
 
+# --- book and maps: browser scripts from the npm registry (pinned in book/package-lock.json),
+# served by the book's own _static and by the Jupyter server instead of CDNs (offline) ---
+command -v npm >/dev/null || { echo "setup: npm (Node.js 20) is required for the book's assets" >&2; exit 1; }
+npm ci --prefix book --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
+.venv/bin/python -m pvlake.maps install-assets book/node_modules >/dev/null
+# --- end book ---
+
 if [ "${1:-}" = "--test" ]; then
   : # test-only system packages are installed here as later stages need them
+  # --- lake: PostgreSQL server programs for the throwaway catalog server of tests/test_lake.py ---
+  if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
+  fi
+  # --- end lake ---
+  # --- book: headless Chromium for the browser tests (tests/test_book_browser.py) ---
+  if ! command -v chromium >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+  fi
+  # --- end book ---
 fi
 echo "setup: .venv ready ($(.venv/bin/python --version), pvlake $(.venv/bin/python -c 'import pvlake; print(pvlake.__version__)'))"

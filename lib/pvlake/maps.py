@@ -1,0 +1,413 @@
+"""Interactive maps of PV installations (lonboard / deck.gl), working offline.
+
+:func:`installations_map` turns a GeoDataFrame of installations into a lonboard map:
+points and polygons in their own layers, coloured by a categorical column (one colour
+per value) or a numeric one (a colour ramp), with a legend and hover tooltips. The data
+go to the browser as GeoArrow (Parquet-encoded), never as GeoJSON, so hundreds of
+thousands of features stay responsive.
+
+lonboard's front end fetches two files from a CDN at run time (the parquet-wasm decoder
+and the polygon triangulation worker). :class:`OfflineMap` is lonboard's map with those
+URLs pointed at local copies (:data:`RUNTIME_ASSETS`): the book serves them from its
+``_static/pvlake/`` folder, JupyterLab from ``static/pvlake/`` (the set-up script runs
+``python -m pvlake.maps install-assets`` to register them with the Jupyter server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import geopandas as gpd
+import ipywidgets
+import lonboard
+import matplotlib
+import numpy as np
+import pandas as pd
+import shapely
+
+RUNTIME_ASSETS: dict[str, str] = {
+    "parquet_wasm_bg.wasm": "parquet-wasm/esm/parquet_wasm_bg.wasm",
+    "earcut-worker.min.js": "@geoarrow/geoarrow-js/dist/earcut-worker.min.js",
+}
+"""Files lonboard 0.16 fetches from a CDN at run time: served name -> path in node_modules
+(versions pinned in book/package-lock.json: parquet-wasm 0.7.1, @geoarrow/geoarrow-js 0.3.0)."""
+
+ASSET_FOLDER = "pvlake"
+"""Folder of :data:`RUNTIME_ASSETS` under the book's ``_static`` and Jupyter's ``static``."""
+
+# Where the assets are, decided in the browser: a Jupyter page carries its server's base
+# URL in #jupyter-config-data; a Sphinx page its root (relative) in data-content_root.
+_ASSET_BASE_JS = f"""const __pvlake_assets__ = (() => {{
+  const jupyter = document.getElementById("jupyter-config-data");
+  if (jupyter) {{
+    const base = JSON.parse(jupyter.textContent).baseUrl || "/";
+    return new URL(base + "static/{ASSET_FOLDER}/", window.location.href).href;
+  }}
+  const root = document.documentElement.dataset.content_root ?? "./";
+  return new URL(root + "_static/{ASSET_FOLDER}/", document.baseURI).href;
+}})();
+"""
+
+_CDN_REWRITES: tuple[tuple[re.Pattern, str], ...] = (
+    # inside a template literal: `https://cdn.jsdelivr.net/npm/parquet-wasm@${v}/esm/...`
+    (re.compile(r"https://cdn\.jsdelivr\.net/npm/parquet-wasm@\$\{\w+\}/esm/parquet_wasm_bg\.wasm"),
+     "${__pvlake_assets__}parquet_wasm_bg.wasm"),
+    # a plain string literal: the worker's default URL
+    (re.compile(r'"https://cdn\.jsdelivr\.net/npm/@geoarrow/geoarrow-js@[\d.]+/dist/earcut-worker\.min\.js"'),
+     '__pvlake_assets__+"earcut-worker.min.js"'),
+)
+
+POINT_RADIUS_M = 30.0
+"""Radius of a point installation on the map; points never shrink below 2.5 px."""
+
+MISSING_RGBA = (150, 150, 150, 200)
+"""Colour of features whose ``color_by`` value is missing."""
+
+MAX_LEGEND_ENTRIES = 20
+"""Categories listed in a legend; the rest are summarised in one line."""
+
+DEFAULT_TOOLTIP = ("pv_id", "dataset", "source_id", "geom_type", "area_m2", "capacity_mw", "install_year")
+"""Columns shown when hovering a feature, where the data have them."""
+
+
+def offline_esm(esm: str) -> str:
+    """lonboard's front-end module with its CDN fetches redirected to local assets.
+
+    Parameters
+    ----------
+    esm : str
+        The JavaScript module lonboard ships (``lonboard/static/index.js``).
+
+    Returns
+    -------
+    str
+        The module, prefixed with the asset-base resolver.
+
+    Raises
+    ------
+    RuntimeError
+        When a CDN URL is not found exactly once (another lonboard version).
+    """
+    for pattern, replacement in _CDN_REWRITES:
+        esm, n = pattern.subn(lambda _: replacement, esm)
+        if n != 1:
+            raise RuntimeError(
+                f"lonboard {lonboard.__version__}: expected one CDN URL matching {pattern.pattern!r}, found {n};"
+                " pvlake.maps supports the lonboard version pinned in pyproject.toml"
+            )
+    return _ASSET_BASE_JS + esm
+
+
+class OfflineMap(lonboard.Map):
+    """A lonboard map that loads its run-time assets from the page's own server."""
+
+    _esm = offline_esm((Path(lonboard.__file__).parent / "static" / "index.js").read_text(encoding="utf-8"))
+
+
+def _css_rgba(rgba: Sequence[int]) -> str:
+    r, g, b, a = (int(v) for v in rgba)
+    return f"rgba({r}, {g}, {b}, {a / 255:.2f})"
+
+
+def _swatch(css_colour: str, label: str) -> str:
+    return (
+        '<span style="display:inline-flex;align-items:center;margin:0 12px 2px 0;white-space:nowrap">'
+        f'<span style="display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:4px;'
+        f'background:{css_colour}"></span>{html.escape(label)}</span>'
+    )
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _legend(title: str, body: str) -> str:
+    return (
+        '<div class="pvlake-legend" style="font-size:13px;line-height:1.5;margin:4px 0">'
+        f"<b>{html.escape(title)}</b><br>{body}</div>"
+    )
+
+
+def categorical_colors(values: pd.Series, title: str) -> tuple[np.ndarray, str]:
+    """One colour per distinct value, and the legend that names them.
+
+    Values are ordered by name, so colours are the same in every run; missing values
+    are grey. Up to 10 categories use matplotlib's ``tab10``, more use ``tab20`` (cycled
+    past 20).
+
+    Parameters
+    ----------
+    values : pandas.Series
+        The categorical column.
+    title : str
+        Legend title (usually the column name).
+
+    Returns
+    -------
+    rgba : numpy.ndarray
+        ``(len(values), 4)`` uint8 colours.
+    legend_html : str
+        Swatch, value and feature count per category.
+    """
+    missing = values.isna().to_numpy()
+    labels = values.astype("string").fillna("")
+    categories = sorted(set(labels[~missing]))
+    palette = matplotlib.colormaps["tab10" if len(categories) <= 10 else "tab20"].colors
+    table = np.array([[*(round(255 * c) for c in palette[i % len(palette)]), 220] for i in range(len(categories))]
+                     + [MISSING_RGBA], dtype=np.uint8)
+    codes = pd.Categorical(labels, categories=categories).codes.copy()
+    codes[missing] = len(categories)
+    counts = np.bincount(codes, minlength=len(categories) + 1)
+    entries = [_swatch(_css_rgba(table[i]), f"{c} ({counts[i]:,})") for i, c in enumerate(categories)]
+    if len(entries) > MAX_LEGEND_ENTRIES:
+        rest = len(entries) - MAX_LEGEND_ENTRIES
+        entries = entries[:MAX_LEGEND_ENTRIES] + [f"<span>… and {rest:,} more categories</span>"]
+    if counts[-1]:
+        entries.append(_swatch(_css_rgba(MISSING_RGBA), f"no value ({counts[-1]:,})"))
+    return table[codes], _legend(title, "".join(entries))
+
+
+def continuous_colors(
+    values: pd.Series, title: str, cmap: str = "viridis", log_scale: bool = False
+) -> tuple[np.ndarray, str]:
+    """A colour ramp over a numeric column, and a legend bar with its range.
+
+    Parameters
+    ----------
+    values : pandas.Series
+        The numeric column; missing (and, with ``log_scale``, non-positive) values are grey.
+    title : str
+        Legend title (usually the column name, with its unit).
+    cmap : str, default "viridis"
+        A matplotlib colormap name.
+    log_scale : bool, default False
+        Spread the colours over the logarithm of the values (areas span decades).
+
+    Returns
+    -------
+    rgba : numpy.ndarray
+        ``(len(values), 4)`` uint8 colours.
+    legend_html : str
+        Gradient bar from the minimum to the maximum value.
+    """
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    valid = np.isfinite(x) & ((x > 0) if log_scale else True)
+    rgba = np.tile(np.array(MISSING_RGBA, dtype=np.uint8), (len(x), 1))
+    ramp = matplotlib.colormaps[cmap]
+    stops = ", ".join(_css_rgba(ramp(t, bytes=True)) for t in np.linspace(0, 1, 9))
+    if valid.any():
+        vmin, vmax = float(x[valid].min()), float(x[valid].max())
+        norm = (matplotlib.colors.LogNorm if log_scale else matplotlib.colors.Normalize)(vmin, vmax)
+        scaled = np.clip(np.nan_to_num(norm(x[valid]).filled(0.5), nan=0.5), 0, 1)
+        rgba[valid] = ramp(scaled, bytes=True)
+        scale = " (log scale)" if log_scale else ""
+        body = (
+            f'<span style="display:inline-flex;align-items:center;gap:6px">{_number(vmin)}'
+            f'<span style="display:inline-block;width:180px;height:12px;background:linear-gradient(to right, {stops})">'
+            f"</span>{_number(vmax)}{scale}</span>"
+        )
+    else:
+        body = ""
+    n_missing = int((~valid).sum())
+    if n_missing:
+        body += " " + _swatch(_css_rgba(MISSING_RGBA), f"no value ({n_missing:,})")
+    return rgba, _legend(title, body)
+
+
+def tooltip_frame(gdf: gpd.GeoDataFrame, columns: Sequence[str]) -> gpd.GeoDataFrame:
+    """The columns a tooltip shows plus the geometry; list values joined as text.
+
+    Only these columns travel to the browser, which keeps large maps light.
+    """
+    frame = gdf[[*columns, gdf.geometry.name]].copy()
+    for col in columns:
+        if frame[col].dtype == object and frame[col].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
+            frame[col] = frame[col].map(
+                lambda v: "; ".join(map(str, v)) if isinstance(v, (list, tuple, np.ndarray)) else v
+            )
+    return frame
+
+
+def installation_layers(gdf: gpd.GeoDataFrame, rgba: np.ndarray) -> list:
+    """A scatterplot layer for the points and a polygon layer for the polygons.
+
+    Raises
+    ------
+    ValueError
+        When a geometry is neither a point nor a polygon (or is missing).
+    """
+    dims = shapely.get_dimensions(gdf.geometry.to_numpy())
+    points, polygons = dims == 0, dims == 2
+    if not (points | polygons).all():
+        raise ValueError(f"{int((~(points | polygons)).sum())} geometries are neither points nor polygons")
+    layers = []
+    if polygons.any():
+        fill = rgba[polygons].copy()
+        fill[:, 3] = np.minimum(fill[:, 3], 170)
+        layers.append(lonboard.PolygonLayer.from_geopandas(
+            gdf[polygons], get_fill_color=fill, get_line_color=rgba[polygons],
+            # a roof is sub-pixel at country scale: the outline keeps it visible
+            line_width_min_pixels=1, pickable=True, auto_highlight=True,
+        ))
+    if points.any():
+        layers.append(lonboard.ScatterplotLayer.from_geopandas(
+            gdf[points], get_fill_color=rgba[points], get_radius=POINT_RADIUS_M,
+            radius_min_pixels=2.5, pickable=True, auto_highlight=True,
+        ))
+    return layers
+
+
+@dataclass
+class InstallationsMap:
+    """A lonboard map with its legend; displays as both, stacked.
+
+    Attributes
+    ----------
+    map : OfflineMap
+        The lonboard map (layers, view state, ...).
+    legend : ipywidgets.HTML
+        The legend, an HTML widget (rendered by JupyterLab and by the book).
+    """
+
+    map: OfflineMap
+    legend: ipywidgets.HTML
+    widget: ipywidgets.VBox = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.widget = ipywidgets.VBox([self.map, self.legend])
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def installations_map(
+    gdf: gpd.GeoDataFrame,
+    color_by: str = "dataset",
+    tooltip: Sequence[str] | None = None,
+    *,
+    log_scale: bool = False,
+    cmap: str = "viridis",
+    height_px: int = 500,
+) -> InstallationsMap:
+    """An interactive map of PV installations, coloured by one column.
+
+    Parameters
+    ----------
+    gdf : geopandas.GeoDataFrame
+        Installations with Point, Polygon or MultiPolygon geometries (mixed is fine),
+        e.g. a staging or prepared table; reprojected to EPSG:4326 if needed.
+    color_by : str, default "dataset"
+        Column that sets the colour: a numeric column gets a colour ramp, any other one
+        colour per value.
+    tooltip : sequence of str, optional
+        Columns shown when hovering a feature; by default the key canonical attributes
+        present (:data:`DEFAULT_TOOLTIP`). ``color_by`` is always included.
+    log_scale : bool, default False
+        For a numeric ``color_by``: spread the colours over the values' logarithm.
+    cmap : str, default "viridis"
+        For a numeric ``color_by``: the matplotlib colormap.
+    height_px : int, default 500
+        Height of the map in pixels.
+
+    Returns
+    -------
+    InstallationsMap
+        Displays as the map with its legend; ``.map`` is the lonboard map.
+    """
+    if color_by not in gdf.columns:
+        raise KeyError(f"color_by column {color_by!r} not in the data (columns: {', '.join(gdf.columns)})")
+    columns = [c for c in (tooltip if tooltip is not None else DEFAULT_TOOLTIP) if c in gdf.columns]
+    missing = set(tooltip or ()) - set(columns)
+    if missing:
+        raise KeyError(f"tooltip columns not in the data: {', '.join(sorted(missing))}")
+    columns += [color_by] if color_by not in columns else []
+    frame = tooltip_frame(gdf, columns)
+    if pd.api.types.is_numeric_dtype(frame[color_by]) and not pd.api.types.is_bool_dtype(frame[color_by]):
+        rgba, legend = continuous_colors(frame[color_by], color_by, cmap=cmap, log_scale=log_scale)
+    else:
+        rgba, legend = categorical_colors(frame[color_by], color_by)
+    layers = installation_layers(frame, rgba)
+    return InstallationsMap(
+        map=OfflineMap(layers, basemap=None, height=height_px, show_tooltip=True),
+        legend=ipywidgets.HTML(legend),
+    )
+
+
+def read_lake_installations(con, table: str = "prepared.pv_installations") -> gpd.GeoDataFrame:
+    """A lake table of installations as a GeoDataFrame, ready for :func:`installations_map`.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        A connection with the lake attached as ``lake`` (:func:`pvlake.lake.open_lake`).
+    table : str, default "prepared.pv_installations"
+        ``<layer>.<table>`` in the lake, e.g. ``staging.<dataset>``.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        The table in EPSG:4326: DuckLake keeps no CRS, and the staging and prepared
+        layers are EPSG:4326 by construction.
+    """
+    arrow = con.sql(f"SELECT * EXCLUDE (geometry), ST_AsWKB(geometry) AS geometry FROM lake.{table}").fetch_arrow_table()
+    geometry = shapely.from_wkb(arrow.column("geometry").to_numpy(zero_copy_only=False))
+    return gpd.GeoDataFrame(arrow.drop_columns("geometry").to_pandas(), geometry=geometry, crs="EPSG:4326")
+
+
+def install_jupyter_assets(node_modules: str | Path, prefix: str | Path = sys.prefix) -> Path:
+    """Copy :data:`RUNTIME_ASSETS` into an environment and let its Jupyter server serve them.
+
+    The files land in ``<prefix>/share/pvlake/static/pvlake/``, and
+    ``<prefix>/etc/jupyter/jupyter_server_config.d/pvlake.json`` adds that folder to the
+    server's ``extra_static_paths``, so a map in JupyterLab loads them from
+    ``<base_url>/static/pvlake/``.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder the files were copied to.
+    """
+    static = Path(prefix) / "share" / "pvlake" / "static"
+    copy_runtime_assets(node_modules, static / ASSET_FOLDER)
+    config = Path(prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "pvlake.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"ServerApp": {"extra_static_paths": [str(static.resolve())]}}, indent=2) + "\n")
+    return static / ASSET_FOLDER
+
+
+def copy_runtime_assets(node_modules: str | Path, dest: str | Path) -> None:
+    """Copy :data:`RUNTIME_ASSETS` from an npm ``node_modules`` folder into ``dest``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a file is missing (npm packages not installed: run the set-up script).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, relpath in RUNTIME_ASSETS.items():
+        source = Path(node_modules) / relpath
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} missing: run `bash workflow/scripts/setup.sh` (npm ci in book/)")
+        shutil.copyfile(source, dest / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Install the maps' run-time assets for JupyterLab.")
+    parser.add_argument("command", choices=["install-assets"])
+    parser.add_argument("node_modules", help="npm node_modules folder holding the pinned packages")
+    args = parser.parse_args(argv)
+    print(f"maps: assets in {install_jupyter_assets(args.node_modules)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The download stage against a real local server: selection, cache, safe layout, provenance."""
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import snakemake
+from pvlake.download import (
+    download_dataset,
+    download_fingerprint,
+    downloads_table,
+    files_table,
+    select_downloads,
+    select_members,
+)
+from pvlake.errors import DatasetError
+from pvlake.harmonize import harmonize_dataset
+from pvlake.layout import Layout
+from pvlake.manifest import active_datasets, load_manifest, parse_entry
+from pvlake.sources import find_label_files
+from pvlake.sources.repositories import (
+    Record,
+    RemoteFile,
+    figshare_article,
+    get_url_file,
+    github_location,
+    repository_of,
+    zenodo_record_id,
+)
+
+UPSTREAM = Path(__file__).resolve().parents[1] / "workflow" / "manifests" / "upstream.json"
+
+
+def spec(name="ds", **entry):
+    return parse_entry(name, entry, Path("."))
+
+
+def record(*names, named_files=False):
+    files = tuple(RemoteFile(n, f"https://repo.example/{n}") for n in names)
+    return Record("src", "https://repo.example/api/record", None, None, files, named_files)
+
+
+def polygons(n: int, lon: float) -> bytes:
+    """A GeoJSON FeatureCollection of n small squares."""
+    feats = [{"type": "Feature", "properties": {"pid": i}, "geometry": {"type": "Polygon", "coordinates": [[
+        [lon + i / 100, 10], [lon + i / 100 + 1e-3, 10], [lon + i / 100 + 1e-3, 10.001],
+        [lon + i / 100, 10.001], [lon + i / 100, 10]]]}} for i in range(n)]
+    return json.dumps({"type": "FeatureCollection", "features": feats}).encode()
+
+
+def zipped(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_fingerprint_follows_only_what_decides_the_download():
+    base = {"repo": "zenodo", "doi": "10.5281/zenodo.1", "label_fmt": "geojson",
+            "file_filters": {"include_patterns": ["*.geojson"], "description": "x"}}
+    fp = download_fingerprint(spec(**base))
+    assert download_fingerprint(spec(**base, keep_cols=["a"], priority=3, notes="n")) == fp
+    assert download_fingerprint(spec(**{**base, "file_filters": {"include_patterns": ["*.geojson"]}})) == fp
+    assert download_fingerprint(spec(**{**base, "file_filters": {"include_patterns": ["a*.geojson"]}})) != fp
+    assert download_fingerprint(spec(**base, max_mb=10)) != fp
+
+
+def test_shapefiles_come_with_their_sidecars_and_negatives_stay_out():
+    # the file list of the real qingfengxitu/ChinaPV repository
+    names = [f"{p}_{s}.{ext}" for p in ("PV", "NPV") for s in ("Test_2015", "Test_2020", "Train_2020")
+             for ext in ("shp", "dbf", "shx", "prj", "CPG", "sbn", "sbx", "shp.xml")]
+    names.append("initial_PV_extraction_using_GEE_2015and2020.js")
+    entry = json.loads(UPSTREAM.read_text())["chn_med_res_pv_2024"]
+    chosen = [f.name for f in select_downloads(spec(**entry), record(*names))]
+    assert chosen == [f"PV_{s}.{ext}" for s in ("Test_2015", "Test_2020", "Train_2020")
+                      for ext in ("shp", "dbf", "shx", "prj", "CPG")]
+
+
+def test_which_archives_are_fetched():
+    names = ("GMSEUS_v1_0.zip", "GMSEUS_code.zip", "README.md")
+    named = spec(compression="zip", compressed_archives=["GMSEUS_v1_0.zip"], label_fmt="gpkg")
+    assert [f.name for f in select_downloads(named, record(*names))] == ["GMSEUS_v1_0.zip"]
+    every = spec(compression="zip", label_fmt="gpkg")
+    assert [f.name for f in select_downloads(every, record(*names))] == ["GMSEUS_v1_0.zip", "GMSEUS_code.zip"]
+    with pytest.raises(DatasetError, match=r"nothing to download.*compression None.*GMSEUS_v1_0.zip, GMSEUS_code"):
+        select_downloads(spec(label_fmt="gpkg"), record(*names))
+    with pytest.raises(DatasetError, match=r"compressed_archives \['other.zip'\] not in the record"):
+        select_downloads(spec(compressed_archives=["other.zip"], label_fmt="gpkg"), record(*names))
+    url = record("uspvdbGeoJSON.zip", named_files=True)
+    assert [f.name for f in select_downloads(spec(label_fmt="geojson"), url)] == ["uspvdbGeoJSON.zip"]
+
+
+def test_archive_members_are_selected_as_they_will_sit():
+    members = ["GPKG/GMSEUS_Arrays_Final.gpkg", "GPKG/GMSEUS_Panels_Final.gpkg", "__MACOSX/GPKG/._GMSEUS_Arrays_Final.gpkg",
+               "LabeledImages/img/1.tif"]
+    entry = json.loads(UPSTREAM.read_text())["usa_gm_seus_v1_2025"]
+    assert select_members(spec(**entry), "GMSEUS_v1_0", members) == ["GPKG/GMSEUS_Arrays_Final.gpkg"]
+    path_filter = spec(label_fmt="geojson", file_filters={"include_patterns": ["v2/*.geojson"]})
+    assert select_members(path_filter, "v2", ["a.geojson", "b.txt"]) == ["a.geojson"]
+
+
+@pytest.fixture
+def zenodo_dataset(repository_server, tmp_path):
+    """A Zenodo record with the labels in one zip, imagery in another, and a readme."""
+    labels = zipped({
+        "labels/a.geojson": polygons(3, 5.0), "labels/b.geojson": polygons(2, 6.0), "labels/b.csv": b"x,y\n",
+        "__MACOSX/labels/._a.geojson": b"junk", "images/tile.tif": b"II*\x00",
+    })
+    repository_server.zenodo(123, {"labels.zip": labels, "imagery.zip": zipped({"i.tif": b"II*\x00"}),
+                                   "README.txt": b"read me"})
+    entry = {"repo": "zenodo", "doi": "10.5281/zenodo.123", "compression": "zip",
+             "compressed_archives": ["labels.zip"], "label_fmt": "geojson",
+             "file_filters": {"include_patterns": ["*.geojson"]}}
+    return spec("zen", **entry), Layout(tmp_path / "data"), repository_server.endpoints()
+
+
+def test_a_zenodo_archive_becomes_a_raw_folder_harmonize_reads(zenodo_dataset, repository_server, monkeypatch):
+    monkeypatch.setenv("ZENODO_TOKEN", "zen-secret")
+    ds, layout, endpoints = zenodo_dataset
+    provenance = download_dataset(ds, layout, endpoints, progress=False)
+    raw = layout.raw_dir("zen")
+    on_disk = sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file())
+    assert on_disk == ["MANIFEST.json", "labels/labels/a.geojson", "labels/labels/b.geojson"]
+    written = json.loads(layout.raw_manifest("zen").read_text())
+    assert written == provenance
+    assert provenance["repo"] == "zenodo" and provenance["record"]["url"].endswith("/records/123")
+    zip_url = f"{repository_server.url}/zenodo/api/records/123/files/labels.zip/content"
+    (download,) = provenance["downloads"]
+    assert download["url"] == zip_url and download["checksum"].startswith("md5:")
+    for f in provenance["files"]:
+        assert f["sha256"] == hashlib.sha256((raw / f["path"]).read_bytes()).hexdigest()
+        assert (f["source_url"], f["archive"], f["retrieved_at"]) == (zip_url, "labels.zip", download["retrieved_at"])
+    assert provenance["label_files"] == ["labels/labels/a.geojson", "labels/labels/b.geojson"]
+    assert [lf.source_file for lf in find_label_files(ds, raw)] == provenance["label_files"]  # each once
+    staging, report = harmonize_dataset(ds, raw, progress=False)
+    assert report["rows_written"] == 5
+    assert repository_server.requests_to("/zenodo/api/records/123/files/imagery.zip/content") == []
+    assert repository_server.requests_to("/zenodo/api/records/123")[0].headers["Authorization"] == "Bearer zen-secret"
+    assert "zen-secret" not in layout.raw_manifest("zen").read_text()
+    assert (layout.download_cache("zen") / "labels.zip").is_file()
+    assert [p.name for p in raw.parent.iterdir()] == ["zen"]  # no partial or old folder left
+    assert list(files_table(provenance)["label_file"]) == [True, True]
+    assert list(downloads_table(provenance)["checked_against"]) == ["md5 from the repository"]
+
+
+def test_a_rerun_reuses_verified_cache_and_writes_the_same_manifest(zenodo_dataset, repository_server):
+    ds, layout, endpoints = zenodo_dataset
+    download_dataset(ds, layout, endpoints, progress=False)
+    first = layout.raw_manifest("zen").read_bytes()
+    download_dataset(ds, layout, endpoints, progress=False)
+    assert layout.raw_manifest("zen").read_bytes() == first
+    assert len(repository_server.requests_to("/zenodo/api/records/123/files/labels.zip/content")) == 1
+
+
+def test_a_changed_upstream_file_fails_and_keeps_the_last_good_folder(zenodo_dataset, repository_server):
+    ds, layout, endpoints = zenodo_dataset
+    download_dataset(ds, layout, endpoints, progress=False)
+    good = layout.raw_manifest("zen").read_bytes()
+    # The record now announces a new labels.zip, but the bytes served are not it.
+    repository_server.json["/zenodo/api/records/123"]["files"][0]["checksum"] = "md5:" + "0" * 32
+    with pytest.raises(DatasetError, match=r"dataset 'zen' file http://127\.0\.0\.1:\d+/zenodo/api/records/123/"
+                                           r"files/labels\.zip/content: checksum mismatch"):
+        download_dataset(ds, layout, endpoints, progress=False)
+    assert layout.raw_manifest("zen").read_bytes() == good
+    assert [p.name for p in layout.raw_dir("zen").parent.iterdir()] == ["zen"]
+
+
+def test_limits_and_empty_selections_fail_with_the_reason(zenodo_dataset, repository_server):
+    ds, layout, endpoints = zenodo_dataset
+    too_small = spec("zen", **{**ds.entry, "max_mb": 0.0001})
+    with pytest.raises(DatasetError, match=r"above max_mb 0.0001: labels.zip"):
+        download_dataset(too_small, layout, endpoints, progress=False)
+    assert repository_server.requests_to("/zenodo/api/records/123/files/labels.zip/content") == []
+    points = spec("zen", **{**ds.entry, "label_fmt": "json", "crs": "EPSG:4326", "file_filters": {}})
+    with pytest.raises(DatasetError, match=r"no json file matches .* in what was downloaded: labels.zip/labels/a.geojson"):
+        download_dataset(points, layout, endpoints, progress=False)
+    assert not layout.raw_manifest("zen").exists()
+
+
+def test_an_unreachable_record_fails_with_its_url(repository_server, tmp_path):
+    ds = spec("gone", repo="zenodo", doi="10.5281/zenodo.404", label_fmt="geojson")
+    with pytest.raises(DatasetError, match=r"dataset 'gone' file http://127\.0\.0\.1:\d+/zenodo/api/records/404: HTTP 404"):
+        download_dataset(ds, Layout(tmp_path / "data"), repository_server.endpoints(), progress=False)
+    bad_doi = spec("typo", repo="zenodo", doi="10.5281/zenodo", label_fmt="geojson")
+    with pytest.raises(DatasetError, match=r"dataset 'typo' file 10.5281/zenodo: .* is not a Zenodo DOI"):
+        download_dataset(bad_doi, Layout(tmp_path / "data"), repository_server.endpoints(), progress=False)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (zipped({"ok.geojson": polygons(1, 0), "../escape.geojson": polygons(1, 0)}), "unsafe path"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n", "Git LFS pointer"),
+])
+def test_hostile_or_hollow_files_are_refused(repository_server, tmp_path, content, reason):
+    url = repository_server.add_file("/data/labels.zip", content)
+    ds = spec("bad", repo="url", doi=url, compression="zip", label_fmt="geojson")
+    with pytest.raises(DatasetError, match=reason):
+        download_dataset(ds, Layout(tmp_path / "data"), repository_server.endpoints(), progress=False)
+    assert not (tmp_path / "escape.geojson").exists()
+    assert not Layout(tmp_path / "data").raw_manifest("bad").exists()
+
+
+def test_every_active_upstream_entry_names_a_source_its_client_reads():
+    readers = {"zenodo": zenodo_record_id, "figshare": figshare_article, "github": github_location,
+               "direct_download": get_url_file}
+    manifest = load_manifest(UPSTREAM)
+    clients = {}
+    for name in active_datasets(manifest):
+        doi = manifest[name].entry["doi"]
+        clients[name] = repository_of(manifest[name].repo, doi)
+        readers[clients[name]](doi)  # raises ValueError on an identifier the client cannot read
+    assert len(clients) == 9
+    assert clients["usa_cali_usgs_pv_2016"] == "figshare"  # a Figshare DOI, whatever repo says
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name, folder, served_as", [
+    ("chn_med_res_pv_2024", "chn_med_res_pv_2024", ("qingfengxitu", "ChinaPV", "")),
+    ("ind_pv_solar_farms_2022", "ind_solar_farms_2022", ("microsoft", "solar-farms-mapping", "data/")),
+    ("global_pv_inventory_sent2_2024", "glosofarid_2024", ("yzyly1992", "GloSoFarID", "data_coordinates/")),
+])
+def test_real_github_datasets_download_as_the_upstream_manifest_says(
+    real_dir, repository_server, tmp_path, name, folder, served_as
+):
+    owner, repo, prefix = served_as
+    real = real_dir / folder
+    repository_server.github(owner, repo, {f"{prefix}{p.name}": p.read_bytes() for p in sorted(real.iterdir())})
+    ds = load_manifest(UPSTREAM)[name]
+    layout = Layout(tmp_path / "data")
+    provenance = download_dataset(ds, layout, repository_server.endpoints(), progress=False)
+    downloaded, _ = harmonize_dataset(ds, layout.raw_dir(name), progress=False)
+    in_place, _ = harmonize_dataset(spec(name, **{**ds.entry, "repo": "local", "path": str(real)}), progress=False)
+    assert len(downloaded) == len(in_place) > 0
+    assert sorted(provenance["label_files"]) == sorted(downloaded["source_file"].str.split(":").str[0].unique())
+    if name == "chn_med_res_pv_2024":
+        assert not any("NPV" in f["path"] for f in provenance["files"])
+        assert {Path(f["path"]).suffix.lower() for f in provenance["files"]} == {".shp", ".dbf", ".shx", ".prj", ".cpg"}
+
+
+@pytest.mark.workflow
+def test_snakemake_downloads_then_harmonizes_and_keeps_tokens_out(repository_server, tmp_path, monkeypatch):
+    points = json.dumps([[77.1 + i / 100, 28.6] for i in range(4)]).encode()
+    url = repository_server.add_file("/hosting/points.zip", zipped({"points/2021.json": points}))
+    entry = {"repo": "url", "doi": url, "compression": "zip", "label_fmt": "json", "crs": "EPSG:4326"}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"served_points": entry, "gone_points": {**entry, "doi": f"{url}.gone"}}))
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_never_in_outputs")
+    data_dir = tmp_path / "data"
+    layout = Layout(data_dir)
+    # Targets of this stage and the next only: later stages are not this test's business.
+    targets = [str(layout.staging_report(name)) for name in ("served_points", "gone_points")]
+    config = ["--config", f"data_dir={data_dir}", f"manifest={manifest}"]
+    run = snakemake("-j2", "--keep-going", *targets, *config)
+    assert run.returncode != 0
+    assert f"DatasetError: dataset 'gone_points' file {url}.gone: HTTP 404" in run.stderr
+    assert not layout.raw_manifest("gone_points").exists()
+    assert json.loads(layout.staging_report("served_points").read_text())["rows_written"] == 4
+    nb = nbformat.read(layout.executed_notebook("download", "served_points"), as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("text/html" in o.get("data", {}) for o in outputs)  # the tables are in the book
+    for path in [*data_dir.rglob("*.ipynb"), *data_dir.rglob("*.log"), *data_dir.rglob("*.json")]:
+        assert "ghp_never_in_outputs" not in path.read_text(errors="replace"), path
+    dry = snakemake("-n", "-j2", targets[0], *config)
+    assert dry.returncode == 0 and "wildcards:" not in dry.stdout, dry.stdout[-2000:]  # nothing to redo
+
+
+@pytest.mark.workflow
+def test_the_upstream_manifest_plans_one_download_per_active_dataset(tmp_path):
+    layout = Layout(tmp_path)
+    active = active_datasets(load_manifest(UPSTREAM))
+    targets = [str(layout.staging_report(name)) for name in active]
+    dry = snakemake("-n", "-j8", *targets, "--config", f"data_dir={tmp_path}", f"manifest={UPSTREAM}")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = {line.split("=", 1)[1] for line in dry.stdout.splitlines() if "wildcards: dataset=" in line}
+    assert planned == set(active)
+    counts = dict(line.split()[:2] for line in dry.stdout.splitlines() if line.startswith(("download ", "harmonize ")))
+    assert counts == {"download": "9", "harmonize": "9"}

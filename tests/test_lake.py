@@ -1,0 +1,371 @@
+"""The DuckLake lakehouse: layers, snapshots, time travel, compaction, PostgreSQL catalog."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import duckdb
+import geopandas as gpd
+import nbformat
+import pandas as pd
+import pyarrow as pa
+import pytest
+import shapely
+
+from pvlake import lake
+from pvlake.harmonize import harmonize_dataset, write_staging
+from pvlake.io import write_geoparquet
+from pvlake.layout import Layout
+from pvlake.manifest import active_datasets, load_manifest
+from pvlake.sources import find_label_files, read_labels
+
+
+def write_prepared_like(layout: Layout, datasets: list[str]) -> gpd.GeoDataFrame:
+    """A GeoParquet with the prepared layer's contract (canonical columns plus
+    n_sources, source_datasets, merged_ids) made from the staging files, no merging."""
+    frames = [gpd.read_parquet(layout.staging_parquet(d)) for d in datasets]
+    prepared = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs="EPSG:4326")
+    prepared["n_sources"] = 1
+    prepared["source_datasets"] = [[d] for d in prepared["dataset"]]
+    prepared["merged_ids"] = [[i] for i in prepared["pv_id"]]
+    write_geoparquet(prepared, layout.prepared_parquet())
+    return prepared
+
+
+@pytest.fixture(scope="module")
+def manifest(sample_dir):
+    return load_manifest(sample_dir / "manifest.json")
+
+
+@pytest.fixture(scope="module")
+def built_inputs(tmp_path_factory, manifest):
+    """Staging files and reports of every sample dataset plus a prepared-like file."""
+    layout = Layout(tmp_path_factory.mktemp("lake_inputs"))
+    datasets = active_datasets(manifest)
+    for name in datasets:
+        staging, report = harmonize_dataset(manifest[name], None, 12, progress=False)
+        write_staging(staging, report, layout.staging_parquet(name), layout.staging_report(name))
+    write_prepared_like(layout, datasets)
+    return layout
+
+
+@pytest.fixture
+def layout(built_inputs, tmp_path) -> Layout:
+    """A fresh data_dir holding copies of the built inputs (tests may change them)."""
+    for folder in ("staging", "prepared"):
+        shutil.copytree(built_inputs.data_dir / folder, tmp_path / folder)
+    return Layout(tmp_path)
+
+
+def all_tables(layout, manifest):
+    return lake.pipeline_tables(layout, [manifest[d] for d in active_datasets(manifest)], progress=False)
+
+
+def publish_all(layout, manifest, **location):
+    return lake.publish_pipeline(layout, all_tables(layout, manifest), progress=False, **location)
+
+
+def expected_rows(layout, manifest) -> dict[str, int]:
+    """Rows each lake table must hold: raw = features read (harmonize's report),
+    staging and prepared = rows of their GeoParquet."""
+    rows = {}
+    for name in active_datasets(manifest):
+        report = json.loads(layout.staging_report(name).read_text())
+        rows[f"raw.{name}"] = report["rows_read"]
+        rows[f"staging.{name}"] = len(gpd.read_parquet(layout.staging_parquet(name)))
+    rows["prepared.pv_installations"] = len(gpd.read_parquet(layout.prepared_parquet()))
+    return rows
+
+
+# --- where the lake is and how it is opened -------------------------------------------
+
+def test_default_location_is_the_layout_lake_folder(tmp_path):
+    layout = Layout(tmp_path / "data")
+    location = lake.LakeLocation.resolve(layout)
+    assert location.catalog == str(layout.lake_catalog().resolve())
+    assert location.data_path == str(layout.lake_data().resolve()) + "/"
+    assert location.extensions() == ("spatial", "ducklake")
+    sql = location.attach_sql(read_only=True)
+    assert sql == (f"ATTACH 'ducklake:{location.catalog}' AS lake "
+                   f"(DATA_PATH '{location.data_path}', OVERRIDE_DATA_PATH true, READ_ONLY)")
+
+
+def test_postgres_catalog_and_s3_data_path_pick_their_extensions(tmp_path):
+    location = lake.LakeLocation.resolve(
+        Layout(tmp_path), catalog="postgres:dbname=pvlake host=db.example.org", data_path="s3://bucket/lake/")
+    assert location.catalog == "postgres:dbname=pvlake host=db.example.org"
+    assert location.local_catalog is None and location.local_data is None
+    assert location.extensions() == ("spatial", "ducklake", "postgres_scanner", "httpfs")
+    # A bucket's path is shared by every user: it is checked against the catalog's, not overridden.
+    assert location.attach_sql() == (
+        "ATTACH 'ducklake:postgres:dbname=pvlake host=db.example.org' AS lake (DATA_PATH 's3://bucket/lake/')")
+
+
+def test_s3_secret_takes_credentials_from_the_environment_only():
+    env = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr'et", "AWS_REGION": "eu-west-1"}
+    config = {"endpoint": "minio.example.org:9000", "url_style": "path", "use_ssl": False,
+              "secret": "from-config"}
+    sql = lake.s3_secret_sql(config, environ=env)
+    assert "from-config" not in sql
+    con = lake.connect(extensions=("httpfs",))
+    con.execute(sql)  # valid DuckDB SQL, quotes escaped
+    secret = con.execute("SELECT type, persistent, secret_string FROM duckdb_secrets() WHERE name = 'pvlake_s3'").fetchone()
+    assert secret[0] == "s3" and secret[1] is False
+    assert "key_id=AKIDEXAMPLE" in secret[2] and "endpoint=minio.example.org:9000" in secret[2]
+    assert "region=eu-west-1" in secret[2] and "url_style=path" in secret[2] and "use_ssl=false" in secret[2]
+    assert "KEY_ID" not in lake.s3_secret_sql(config, environ={})
+
+
+def test_reading_a_lake_that_does_not_exist_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no lake at"):
+        lake.connect_lake(tmp_path)
+
+
+# --- raw layer ------------------------------------------------------------------------
+
+def test_unify_schema_widens_or_falls_back_to_text_and_keeps_provenance_last():
+    first = pa.table({"a": pa.array([1], pa.int64()), "b": ["x"], "geometry": pa.array([b"\x01"]),
+                      "source_row": pa.array([0], pa.int64())})
+    second = pa.table({"a": [1.5], "b": pa.array([7], pa.int64()), "c": pa.nulls(1),
+                       "geometry": pa.array([b"\x01"]), "source_row": pa.array([0], pa.int64())})
+    schema = lake.unify_schema([first, second])
+    assert schema.names == ["a", "b", "c", "geometry", "source_row"]
+    assert schema.field("a").type == pa.float64() and schema.field("b").type == pa.string()
+    assert lake.conform(first, schema).column("b").to_pylist() == ["x"]
+    assert lake.conform(second, schema).column("b").to_pylist() == ["7"]
+    assert lake.conform(first, schema).column("c").null_count == 1
+
+
+def test_raw_arrow_keeps_source_values_and_renames_colliding_attributes(manifest):
+    spec = manifest["usa_cali_usgs_pv_2016"]
+    sf = read_labels(spec, find_label_files(spec)[0])
+    sf.frame["source_file"] = "a column of the source"
+    table = lake.raw_arrow(sf)
+    assert table.column_names[-5:] == list(lake.RAW_PROVENANCE)
+    assert table.column("source_file_attr")[0].as_py() == "a column of the source"
+    assert set(table.column("source_crs").to_pylist()) == {"EPSG:4269"}  # NAD83 as declared, not reprojected
+    assert table.column("source_row").to_pylist() == list(range(len(sf.frame)))
+    wkb = table.column("geometry").to_pylist()
+    assert shapely.equals(shapely.from_wkb(wkb), sf.frame.geometry.to_numpy()).all()
+
+
+# --- publishing ------------------------------------------------------------------------
+
+def test_publish_writes_every_layer_in_one_snapshot(layout, manifest):
+    result = publish_all(layout, manifest)
+    assert result["tables"] == expected_rows(layout, manifest)
+    assert json.loads(layout.lake_summary().read_text()) == json.loads(json.dumps(result))
+    con = lake.connect_lake(layout.data_dir)
+    assert lake.publish_snapshots(con) == [result["published"]["snapshot_id"]]
+    assert sorted(result["published"]["written"]) == sorted(result["tables"])
+    assert {name.split(".")[0] for name in lake.lake_tables(con)} == set(lake.LAYERS)
+    assert result["snapshot_id"] == lake.snapshots(con)["snapshot_id"].max()
+
+
+def test_geometries_round_trip_and_their_crs_is_documented(layout, manifest):
+    publish_all(layout, manifest)
+    con = lake.connect_lake(layout.data_dir)
+    staged = gpd.read_parquet(layout.staging_parquet("ind_pv_solar_farms_2022"))
+    wkb = con.execute("SELECT ST_AsWKB(geometry) FROM lake.staging.ind_pv_solar_farms_2022").fetchall()
+    assert shapely.equals_exact(shapely.from_wkb([bytes(w[0]) for w in wkb]), staged.geometry.to_numpy(), 0).all()
+    comments = dict(con.execute(
+        "SELECT schema_name || '.' || table_name, comment FROM duckdb_columns() "
+        "WHERE database_name = 'lake' AND column_name = 'geometry'").fetchall())
+    assert comments["staging.ind_pv_solar_farms_2022"].startswith("EPSG:4326")
+    assert comments["prepared.pv_installations"].startswith("EPSG:4326")
+    assert "source_crs" in comments["raw.usa_cali_usgs_pv_2016"]
+    # raw keeps what the files hold: NAD83 coordinates, a null and an empty geometry in the UK set
+    crs = con.execute("SELECT DISTINCT source_crs FROM lake.raw.usa_cali_usgs_pv_2016").fetchall()
+    assert crs == [("EPSG:4269",)]
+    nulls, empties = con.execute(
+        "SELECT count(*) FILTER (WHERE geometry IS NULL), count(*) FILTER (WHERE ST_IsEmpty(geometry)) "
+        "FROM lake.raw.uk_crowdsourced_pv_2020").fetchone()
+    assert nulls == 1 and empties == 1
+
+
+def test_prepared_list_columns_survive(layout, manifest):
+    publish_all(layout, manifest)
+    con = lake.connect_lake(layout.data_dir)
+    types = dict(con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = 'lake' "
+        "AND schema_name = 'prepared' AND table_name = 'pv_installations'").fetchall())
+    assert types["source_datasets"] == "VARCHAR[]" and types["merged_ids"] == "VARCHAR[]"
+    assert types["n_sources"] in ("BIGINT", "INTEGER")
+    mismatched = con.execute(
+        "SELECT count(*) FROM lake.prepared.pv_installations "
+        "WHERE source_datasets != [dataset] OR merged_ids != [pv_id]").fetchone()[0]
+    assert mismatched == 0
+
+
+def test_unchanged_inputs_are_not_rewritten_and_time_travel_shows_the_change(layout, manifest):
+    first = publish_all(layout, manifest)
+    con = lake.connect_lake(layout.data_dir)
+    files_before = {t: sorted(con.execute(
+        "SELECT data_file FROM ducklake_list_files('lake', ?, schema => 'staging')", [t]).fetchall())
+        for t in ("glosofarid_2024", "uk_crowdsourced_pv_2020")}
+    n_snapshots = len(lake.snapshots(con))
+    con.close()
+
+    again = publish_all(layout, manifest)
+    assert again["published"] == {"snapshot_id": None, "written": [], "dropped": []}
+    assert again["compaction"]["merged"] == []
+    con = lake.connect_lake(layout.data_dir)
+    assert len(lake.snapshots(con)) == n_snapshots  # nothing changed: no snapshot
+    con.close()
+
+    path = layout.staging_parquet("uk_crowdsourced_pv_2020")
+    staged = gpd.read_parquet(path)
+    write_geoparquet(staged.iloc[:-5], path)
+    third = publish_all(layout, manifest)
+    assert third["published"]["written"] == ["staging.uk_crowdsourced_pv_2020"]
+    con = lake.connect_lake(layout.data_dir)
+    assert sorted(con.execute(
+        "SELECT data_file FROM ducklake_list_files('lake', 'glosofarid_2024', schema => 'staging')").fetchall()
+    ) == files_before["glosofarid_2024"]
+    old = first["published"]["snapshot_id"]
+    assert con.execute(
+        f"SELECT count(*) FROM lake.staging.uk_crowdsourced_pv_2020 AT (VERSION => {old})").fetchone()[0] == len(staged)
+    assert con.execute("SELECT count(*) FROM lake.staging.uk_crowdsourced_pv_2020").fetchone()[0] == len(staged) - 5
+    diff = lake.compare_versions(con, old).set_index("table")
+    assert diff.loc["staging.uk_crowdsourced_pv_2020", "change"] == -5
+    assert (diff.drop(index="staging.uk_crowdsourced_pv_2020")["change"] == 0).all()
+    assert lake.row_changes(con, "staging.uk_crowdsourced_pv_2020", old) == {"added": 0, "removed": 5}
+    assert lake.row_changes(con, "staging.glosofarid_2024", old) == {"added": 0, "removed": 0}
+    assert lake.publish_snapshots(con) == [old, third["published"]["snapshot_id"]]
+
+
+def test_compaction_merges_small_files_and_keeps_every_version_readable(layout, manifest):
+    result = publish_all(layout, manifest)
+    compaction = result["compaction"]
+    merged = {m["table"]: m for m in compaction["merged"]}
+    n_files = len(find_label_files(manifest["chn_med_res_pv_2024"]))
+    assert merged["raw.chn_med_res_pv_2024"] == {"table": "raw.chn_med_res_pv_2024",
+                                                 "files_processed": n_files, "files_created": 1}
+    assert compaction["files_after"]["current"] < compaction["files_before"]["current"]
+    con = lake.connect_lake(layout.data_dir)
+    version = result["published"]["snapshot_id"]
+    assert con.execute(
+        f"SELECT count(*) FROM ducklake_list_files('lake', 'chn_med_res_pv_2024', schema => 'raw', "
+        f"snapshot_version => {version})").fetchone()[0] == 1
+    for table, rows in result["tables"].items():
+        layer, name = table.split(".")
+        assert con.execute(f"SELECT count(*) FROM lake.{layer}.{name} AT (VERSION => {version})").fetchone()[0] == rows
+    # the replaced files are gone from disk; every file left is one the catalog refers to
+    on_disk = list(layout.lake_data().rglob("*.parquet"))
+    assert len(on_disk) == compaction["files_after"]["stored"]
+
+
+def test_prune_drops_tables_of_removed_datasets_but_time_travel_keeps_them(layout, manifest):
+    first = publish_all(layout, manifest)
+    kept = [t for t in all_tables(layout, manifest) if not t.name == "glosofarid_2024"]
+    second = lake.publish_pipeline(layout, kept, progress=False)
+    assert second["published"]["dropped"] == ["raw.glosofarid_2024", "staging.glosofarid_2024"]
+    assert "staging.glosofarid_2024" not in second["tables"]
+    con = lake.connect_lake(layout.data_dir)
+    old = first["published"]["snapshot_id"]
+    assert con.execute(f"SELECT count(*) FROM lake.staging.glosofarid_2024 AT (VERSION => {old})").fetchone()[0] \
+        == first["tables"]["staging.glosofarid_2024"]
+
+
+def test_read_only_connection_refuses_writes_and_the_lake_folder_can_move(layout, manifest, tmp_path_factory):
+    result = publish_all(layout, manifest)
+    con = lake.connect_lake(layout.data_dir)
+    with pytest.raises(duckdb.Error, match="read-only|read only"):
+        con.execute("CREATE TABLE lake.staging.scratch AS SELECT 1 AS x")
+    con.close()
+    moved = tmp_path_factory.mktemp("moved")
+    shutil.move(layout.lake_dir(), moved / "lake")
+    con = lake.connect_lake(moved)
+    assert lake.table_rows(con) == result["tables"]
+
+
+# --- PostgreSQL catalog (the scale-out path) ------------------------------------------
+
+def test_postgres_catalog_publishes_with_the_password_from_the_environment(
+        layout, manifest, postgres_database, monkeypatch):
+    catalog = f"postgres:{postgres_database}"
+    assert "password" not in catalog
+    location = {"catalog": catalog, "data_path": str(layout.data_dir / "pg_lake_data")}
+    first = publish_all(layout, manifest, **location)
+    assert first["tables"] == expected_rows(layout, manifest)
+    assert first["catalog"] == catalog
+    assert not layout.lake_catalog().exists()  # nothing went to the DuckDB-file default
+    again = publish_all(layout, manifest, **location)
+    assert again["published"]["snapshot_id"] is None and again["snapshot_id"] == first["snapshot_id"]
+    con = lake.open_lake(layout, **location)
+    assert lake.table_rows(con) == first["tables"]
+    con.close()
+    monkeypatch.delenv("PGPASSWORD")
+    with pytest.raises(duckdb.Error, match="password"):
+        lake.open_lake(layout, **location)
+
+
+WRITER = """
+import json, sys
+from pvlake import lake
+from pvlake.layout import Layout
+from pvlake.manifest import load_manifest
+
+data_dir, manifest, catalog, data_path, *names = sys.argv[1:]
+layout = Layout(data_dir)
+specs = load_manifest(manifest)
+tables = []
+for name in names:
+    if name == "prepared":
+        tables.append(lake.prepared_table(layout))
+    else:
+        tables += [lake.raw_table(specs[name], layout, progress=False), lake.staging_table(layout, name)]
+result = lake.publish_pipeline(layout, tables, catalog=catalog, data_path=data_path, prune=False, progress=False)
+print(json.dumps(result["published"]))
+"""
+
+
+def test_two_concurrent_writer_processes_lose_nothing(layout, manifest, sample_dir, postgres_database):
+    catalog = f"postgres:{postgres_database}"
+    data_path = str(layout.data_dir / "shared_data")
+    datasets = active_datasets(manifest)
+    halves = [datasets[: len(datasets) // 2], [*datasets[len(datasets) // 2:], "prepared"]]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(layout.data_dir), str(sample_dir / "manifest.json"),
+                          catalog, data_path, *half], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for half in halves
+    ]
+    outputs = [w.communicate(timeout=300) for w in writers]
+    for writer, (out, err) in zip(writers, outputs):
+        assert writer.returncode == 0, err[-3000:]
+    published = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert all(p["snapshot_id"] is not None for p in published)
+    assert published[0]["snapshot_id"] != published[1]["snapshot_id"]
+    con = lake.open_lake(layout, catalog=catalog, data_path=data_path)
+    assert lake.table_rows(con) == expected_rows(layout, manifest)
+    assert sorted(lake.publish_snapshots(con)) == sorted(p["snapshot_id"] for p in published)
+
+
+# --- the workflow ----------------------------------------------------------------------
+
+@pytest.mark.workflow
+def test_sample_run_lake_holds_every_layer_and_a_second_publish_adds_no_snapshot(sample_run, sample_dir, tmp_path):
+    layout = Layout(sample_run)
+    manifest = load_manifest(sample_dir / "manifest.json")
+    summary = json.loads(layout.lake_summary().read_text())
+    assert summary["catalog"] == str(layout.lake_catalog().resolve())
+    assert summary["tables"] == expected_rows(layout, manifest)
+    assert summary["published"]["snapshot_id"] is not None
+    nb = nbformat.read(layout.executed_notebook("lake", "lake"), as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert "AT (VERSION =>" in "".join(c.source for c in nb.cells)
+    # Publish again on a copy: the run's own outputs stay untouched for the other tests.
+    for folder in ("staging", "prepared", "lake"):
+        shutil.copytree(sample_run / folder, tmp_path / folder)
+    copy = Layout(tmp_path)
+    con = lake.connect_lake(copy.data_dir)
+    n_snapshots = len(lake.snapshots(con))
+    con.close()
+    again = publish_all(copy, manifest)
+    assert again["published"]["snapshot_id"] is None
+    con = lake.connect_lake(copy.data_dir)
+    assert len(lake.snapshots(con)) == n_snapshots

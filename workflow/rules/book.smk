@@ -1,0 +1,33 @@
+# The book: the last step. It renders the executed notebooks of every stage included
+# before it (so the Snakefile includes this file last) into the Jupyter Book thesis
+# appendix, <book_dir>/html/index.html, the one output outside data_dir.
+
+# Executed notebooks are their rules' logs, which cannot be inputs: the book depends on
+# the stage outputs, which are rewritten together with their notebooks.
+BOOK_STAGE_OUTPUTS = list(TARGETS)
+BOOK_SOURCES = sorted(str(p) for p in [*Path("book").glob("*.yml"), *Path("book").glob("*.md")] if p.name != "README.md")
+BOOK_HTML = str(Path(config["book_dir"]) / "html" / "index.html")
+TARGETS.append(BOOK_HTML)
+
+
+rule book:
+    """The executed stage notebooks, a reproducibility page and the dataset references
+    as a self-contained Jupyter Book (no CDN: scripts come from book/node_modules)."""
+    input:
+        stages=BOOK_STAGE_OUTPUTS,
+        sources=BOOK_SOURCES,
+        npm_lock="book/package-lock.json",
+        lock="requirements.lock",
+        manifest=config["manifest"],
+    output:
+        html=BOOK_HTML,
+    log:
+        str(LAYOUT.log("book", "book")),
+    params:
+        python=PYTHON,
+        book_dir=config["book_dir"],
+        config=json.dumps(config, sort_keys=True),
+    shell:
+        "{params.python} -m pvlake.book --data-dir {config[data_dir]:q} --manifest {input.manifest:q}"
+        " --book-dir {params.book_dir:q} --template book --node-modules book/node_modules"
+        " --lock {input.lock:q} --config {params.config:q} > {log:q} 2>&1"
