@@ -47,7 +47,7 @@ M_PER_DEG = 111_320.0
 
 RULES = ("exact", "polygon_polygon", "point_polygon", "point_point")
 
-PROVENANCE = {"n_sources": "int64", "n_datasets": "int64", "source_datasets": object, "merged_ids": object}
+PROVENANCE = {"n_sources": "int64", "n_datasets": "int64", "source_datasets": "list<string>", "merged_ids": "list<string>"}
 """Columns the prepared layer adds to the canonical schema."""
 
 PROVENANCE_DOC = {
@@ -112,10 +112,16 @@ def _pairs_sharing_a_key(keys: np.ndarray, owners: np.ndarray) -> tuple[np.ndarr
     return _unique_pairs(np.concatenate(left), np.concatenate(right))
 
 
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct integers (numpy 2's hash-based ``np.unique`` is ~50x slower here)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
 def _unique_pairs(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = np.minimum(i, j), np.maximum(i, j)
     keep = lo != hi
-    packed = np.unique(lo[keep].astype(np.int64) << 32 | hi[keep].astype(np.int64))
+    packed = _sorted_unique(lo[keep].astype(np.int64) << 32 | hi[keep].astype(np.int64))
     return packed >> 32, packed & 0xFFFFFFFF
 
 
@@ -158,12 +164,17 @@ def polygon_cells(geoms: np.ndarray, owners: np.ndarray, resolution: int) -> tup
     inner_owner = np.repeat(owners, counts)
     edges = shapely.segmentize(shapely.boundary(geoms), min_edge_m(resolution) / M_PER_DEG)
     xy, part = shapely.get_coordinates(edges, return_index=True)
-    vertex_cells = pa.array(coordinates_to_cells(xy[:, 1], xy[:, 0], resolution))
-    ring, counts = _flat_cells(grid_disk(vertex_cells, 1))
-    cells = np.concatenate([inner, ring])
-    owner = np.concatenate([inner_owner, np.repeat(owners[part], counts)])
+    vertex_cells = coordinates_to_cells(xy[:, 1], xy[:, 0], resolution).to_numpy().astype(np.uint64)
+    # consecutive vertices mostly share a cell: ring each distinct (polygon, cell) once
+    vertex_cells, vertex_owner = _distinct_cells(vertex_cells, owners[part])
+    ring, counts = _flat_cells(grid_disk(pa.array(vertex_cells), 1))
+    return _distinct_cells(np.concatenate([inner, ring]), np.concatenate([inner_owner, np.repeat(vertex_owner, counts)]))
+
+
+def _distinct_cells(cells: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (cell, owner) pairs."""
     codes, uniq = pd.factorize(cells)
-    packed = np.unique(codes.astype(np.int64) << 32 | owner)
+    packed = _sorted_unique(codes.astype(np.int64) << 32 | owners)
     return uniq[packed >> 32], packed & 0xFFFFFFFF
 
 
@@ -174,7 +185,8 @@ def _join_on_cells(
     (pandas' hash table finds each cell's run in the sorted registrations)."""
     order = np.argsort(reg_cells, kind="stable")
     reg_cells, reg_ids = reg_cells[order], reg_ids[order]
-    uniq, start, count = np.unique(reg_cells, return_index=True, return_counts=True)
+    start = np.flatnonzero(np.r_[True, reg_cells[1:] != reg_cells[:-1]])
+    uniq, count = reg_cells[start], np.diff(np.r_[start, len(reg_cells)])
     slot = pd.Index(uniq).get_indexer(cells)
     hit = slot >= 0
     lo, n, ids = start[slot[hit]], count[slot[hit]], ids[hit]
@@ -264,10 +276,13 @@ def classify_pairs(
     a, b = a[keep], b[keep]
     keep = shapely.intersects(geoms[a], geoms[b])
     a, b = a[keep], b[keep]
-    inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
-    smaller = np.minimum(shapely.area(geoms[a]), shapely.area(geoms[b]))
+    equal = shapely.equals(geoms[a], geoms[b])
+    c, d = a[~equal], b[~equal]  # equal shapes overlap fully: no intersection needed
+    inter = shapely.area(shapely.intersection(geoms[c], geoms[d]))
+    smaller = np.minimum(shapely.area(geoms[c]), shapely.area(geoms[d]))
     keep = inter >= params.overlap_threshold * smaller
-    polygons = (a[keep], b[keep])
+    polygon_exact = (a[equal], b[equal])
+    polygons = (c[keep], d[keep])
 
     mixed = is_point[i] != is_point[j]
     pt = np.where(is_point[i], i, j)[mixed]
@@ -293,10 +308,10 @@ def classify_pairs(
     keep = (dist < params.point_merge_m) | (dist == 0)
     points = (a[keep], b[keep])
 
-    same = [shapely.equals(geoms[a], geoms[b]) for a, b in (polygons, points)]
-    out["exact"] = tuple(np.concatenate([p[k][s] for p, s in zip((polygons, points), same)]) for k in (0, 1))
-    out["polygon_polygon"] = (polygons[0][~same[0]], polygons[1][~same[0]])
-    out["point_point"] = (points[0][~same[1]], points[1][~same[1]])
+    same = shapely.equals(geoms[points[0]], geoms[points[1]])
+    out["exact"] = (np.r_[polygon_exact[0], points[0][same]], np.r_[polygon_exact[1], points[1][same]])
+    out["polygon_polygon"] = polygons
+    out["point_point"] = (points[0][~same], points[1][~same])
     return {rule: out[rule] for rule in RULES}
 
 
@@ -313,31 +328,34 @@ def cluster_labels(n: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.nda
 # -- merge -----------------------------------------------------------------------------
 
 
-def representative_order(gdf: gpd.GeoDataFrame, priority: dict[str, int]) -> np.ndarray:
+def pv_id_rank(gdf: gpd.GeoDataFrame) -> np.ndarray:
+    """Each row's position in ``pv_id`` order (integers then sort much faster than strings)."""
+    ids = gdf["pv_id"].to_numpy(dtype=str)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
+    return rank
+
+
+def representative_order(gdf: gpd.GeoDataFrame, priority: dict[str, int], id_rank: np.ndarray | None = None) -> np.ndarray:
     """Row order by preference: polygons first, higher dataset priority, more vertices,
     smaller pv_id."""
     is_point = (gdf["geom_type"] == "Point").to_numpy()
     codes, names = pd.factorize(gdf["dataset"])
     prio = np.array([priority.get(d, 0) for d in names], dtype=np.int64)[codes]
     vertices = shapely.get_num_coordinates(gdf.geometry.to_numpy())
-    return np.lexsort((pv_id_rank(gdf), -vertices, -prio, is_point))
+    id_rank = pv_id_rank(gdf) if id_rank is None else id_rank
+    return np.lexsort((id_rank, -vertices, -prio, is_point))
 
 
-def pv_id_rank(gdf: gpd.GeoDataFrame) -> np.ndarray:
-    """Each row's position in ``pv_id`` order (integers sort much faster than strings)."""
-    return pd.factorize(gdf["pv_id"], sort=True)[0]
-
-
-def _list_column(values: np.ndarray, counts: np.ndarray) -> list[list[str]]:
-    """Consecutive runs of ``values`` (lengths ``counts``) as lists, built in Arrow
-    (pandas cannot restore Arrow list dtypes from Parquet metadata, so plain lists)."""
+def _list_column(values: np.ndarray, counts: np.ndarray) -> pd.arrays.ArrowExtensionArray:
+    """Consecutive runs of ``values`` (lengths ``counts``) as an Arrow list column."""
     offsets = np.r_[0, np.cumsum(counts)].astype(np.int32)
-    return pa.ListArray.from_arrays(offsets, pa.array(values, pa.string())).to_pylist()
+    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, pa.array(values, pa.string())))
 
 
 def dataset_counts(datasets: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Records per (cluster, dataset) as a dense matrix, with the sorted dataset names."""
-    names, codes = np.unique(datasets, return_inverse=True)
+    codes, names = pd.factorize(datasets, sort=True)
     counts = np.zeros((labels.max() + 1 if len(labels) else 0, len(names)), dtype=np.int64)
     np.add.at(counts, (labels, codes), 1)
     return counts, names
@@ -345,8 +363,9 @@ def dataset_counts(datasets: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
 
 def merge_clusters(gdf: gpd.GeoDataFrame, labels: np.ndarray, priority: dict[str, int]) -> gpd.GeoDataFrame:
     """One row per cluster: the representative's columns plus provenance."""
+    id_rank = pv_id_rank(gdf)
     rank = np.empty(len(gdf), dtype=np.int64)
-    rank[representative_order(gdf, priority)] = np.arange(len(gdf))
+    rank[representative_order(gdf, priority, id_rank)] = np.arange(len(gdf))
     # by cluster, then preference: each cluster's rows are a run, its representative first
     order = np.lexsort((rank, labels))
     runs = labels[order]
@@ -366,7 +385,7 @@ def merge_clusters(gdf: gpd.GeoDataFrame, labels: np.ndarray, priority: dict[str
     out["n_datasets"] = (counts > 0).sum(axis=1).astype("int64")
     out["source_datasets"] = _list_column(names[dataset_idx], np.bincount(cluster_idx, minlength=len(out)))
     out["merged_ids"] = _list_column(gdf["pv_id"].to_numpy(dtype=str)[order], sizes)
-    by_id = np.argsort(pv_id_rank(out), kind="stable")
+    by_id = np.argsort(id_rank[order[starts]], kind="stable")
     out = out[list(SCHEMA) + list(PROVENANCE) + ["geometry"]].iloc[by_id].reset_index(drop=True)
     return gpd.GeoDataFrame(out, geometry="geometry", crs=geo.WGS84)
 
@@ -469,8 +488,13 @@ def dedup(
 
 
 def write_prepared(prepared: gpd.GeoDataFrame, report: dict, parquet_path: str | Path, report_path: str | Path) -> None:
-    """Write the prepared GeoParquet and the dedup report, each atomically."""
-    write_geoparquet(prepared, parquet_path)
+    """Write the prepared GeoParquet and the dedup report, each atomically.
+
+    The list columns are written as plain lists: pandas cannot restore an Arrow list dtype
+    from the Parquet file's pandas metadata, so readers would fail.
+    """
+    lists = {c: prepared[c].tolist() for c in ("source_datasets", "merged_ids")}
+    write_geoparquet(prepared.assign(**lists), parquet_path)
     write_json(report, report_path)
 
 
