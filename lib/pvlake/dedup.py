@@ -362,31 +362,38 @@ def dataset_counts(datasets: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
 
 
 def merge_clusters(gdf: gpd.GeoDataFrame, labels: np.ndarray, priority: dict[str, int]) -> gpd.GeoDataFrame:
-    """One row per cluster: the representative's columns plus provenance."""
+    """One row per cluster, sorted by ``pv_id``: the representative's columns plus provenance.
+
+    ``labels`` number the clusters 0..K-1 (as :func:`cluster_labels` does).
+    """
     id_rank = pv_id_rank(gdf)
     rank = np.empty(len(gdf), dtype=np.int64)
     rank[representative_order(gdf, priority, id_rank)] = np.arange(len(gdf))
-    # by cluster, then preference: each cluster's rows are a run, its representative first
+    # by cluster, then preference: cluster k's rows are run k, its representative first
     order = np.lexsort((rank, labels))
     runs = labels[order]
     starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
     sizes = np.diff(np.r_[starts, len(order)])
-    out = gdf.iloc[order[starts]].reset_index(drop=True)
-    multi = np.flatnonzero(sizes > 1)
-    if len(multi):
-        members = gdf.iloc[order].assign(_cluster=runs)
-        members = members[np.repeat(sizes > 1, sizes)]
+    by_id = np.argsort(id_rank[order[starts]], kind="stable")  # output position -> cluster
+    out = gdf.iloc[order[starts][by_id]].reset_index(drop=True)
+    in_multi = np.repeat(sizes > 1, sizes)
+    if in_multi.any():
+        # first non-null attribute in preference order, for the merged clusters only
+        members = gdf[["capacity_mw", "install_year"]].iloc[order[in_multi]].assign(_cluster=runs[in_multi])
+        firsts = members.groupby("_cluster", sort=True).first()
+        position = np.empty(len(by_id), dtype=np.int64)
+        position[by_id] = np.arange(len(by_id))
         for col in ("capacity_mw", "install_year"):
-            # first non-null in preference order, for the merged clusters only
-            out.loc[multi, col] = members.groupby("_cluster", sort=True)[col].first().to_numpy()
+            out.loc[position[firsts.index.to_numpy()], col] = firsts[col].to_numpy()
     counts, names = dataset_counts(gdf["dataset"].to_numpy(dtype=str), labels)
     cluster_idx, dataset_idx = np.nonzero(counts)
-    out["n_sources"] = sizes.astype("int64")
-    out["n_datasets"] = (counts > 0).sum(axis=1).astype("int64")
-    out["source_datasets"] = _list_column(names[dataset_idx], np.bincount(cluster_idx, minlength=len(out)))
-    out["merged_ids"] = _list_column(gdf["pv_id"].to_numpy(dtype=str)[order], sizes)
-    by_id = np.argsort(id_rank[order[starts]], kind="stable")
-    out = out[list(SCHEMA) + list(PROVENANCE) + ["geometry"]].iloc[by_id].reset_index(drop=True)
+    datasets = _list_column(names[dataset_idx], np.bincount(cluster_idx, minlength=len(sizes)))
+    merged = _list_column(gdf["pv_id"].to_numpy(dtype=str)[order], sizes)
+    out["n_sources"] = sizes[by_id].astype("int64")
+    out["n_datasets"] = (counts > 0).sum(axis=1)[by_id].astype("int64")
+    out["source_datasets"] = datasets.take(by_id)
+    out["merged_ids"] = merged.take(by_id)
+    out = out[list(SCHEMA) + list(PROVENANCE) + ["geometry"]]
     return gpd.GeoDataFrame(out, geometry="geometry", crs=geo.WGS84)
 
 
