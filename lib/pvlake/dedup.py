@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -478,15 +477,15 @@ def dedup(
     pairs = classify_pairs(staging, ci, cj, params)
     labels = cluster_labels(len(staging), list(pairs.values()))
     prepared = merge_clusters(staging, labels, priority)
-    sizes = Counter(Counter(labels.tolist()).values())
+    size_counts = np.bincount(np.bincount(labels)) if len(labels) else np.zeros(1, int)
     report = {
         "params": asdict(params),
         "records": int(len(staging)),
         "installations": int(len(prepared)),
         "candidate_pairs": int(len(ci)),
         "pairs_per_rule": {rule: int(len(pairs[rule][0])) for rule in RULES},
-        "cluster_sizes": {str(k): int(v) for k, v in sorted(sizes.items())},
-        "records_per_dataset": {k: int(v) for k, v in sorted(Counter(staging["dataset"]).items())},
+        "cluster_sizes": {str(k): int(v) for k, v in enumerate(size_counts) if v},
+        "records_per_dataset": {k: int(v) for k, v in staging["dataset"].value_counts().sort_index().items()},
         "overlap_matrix": json.loads(overlap_matrix(staging, labels).to_json(orient="index")),
     }
     if truth is not None:
