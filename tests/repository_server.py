@@ -4,7 +4,9 @@ plain file hosting for the download tests.
 Files are served by ``RangeHTTPServer`` (proper 206 answers to ``Range`` requests, as
 real hosting gives); the APIs answer with JSON shaped like the real services'. Faults
 can be planted per path: an error status (with ``Retry-After: 0``), a connection dropped
-mid-body, a server that ignores ``Range``. Every request is recorded with its headers.
+mid-body, a server that stalls (sends nothing, or stops mid-body, until the server
+closes), a slow answer, a server that ignores ``Range``. Every request is recorded with
+its headers, and the most requests answered at once is counted.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from http.server import ThreadingHTTPServer
@@ -40,17 +44,27 @@ def git_blob_sha1(data: bytes) -> str:
 class _Handler(RangeRequestHandler):
     def __init__(self, *args, state: "RepositoryServer", **kwargs):
         self.state = state
-        self.drop_after = None
+        self.cut = None  # ("drop" | "stall", bytes sent before the body breaks off)
         super().__init__(*args, **kwargs)
 
     def log_message(self, *args):  # keep test output quiet
         pass
 
     def do_GET(self):
+        with self.state.answering():
+            self._answer()
+
+    def _answer(self):
         parts = urlsplit(self.path)
         path = parts.path
         self.state.seen.append(Seen(self.headers.get("Host", ""), path, parts.query, dict(self.headers)))
         fault = self.state.next_fault(path)
+        if fault and fault[0] == "hold":
+            time.sleep(fault[1])
+        if fault and fault[0] == "stall" and fault[1] is None:
+            self.state.released.wait()  # connection accepted, request read, no answer
+            self.close_connection = True
+            return
         if fault and fault[0] == "status":
             self.send_response(fault[1])
             self.send_header("Retry-After", "0")
@@ -73,17 +87,20 @@ class _Handler(RangeRequestHandler):
             return
         if fault and fault[0] == "ignore_range":
             del self.headers["Range"]
-        if fault and fault[0] == "drop":
-            self.drop_after = fault[1]
+        if fault and fault[0] in ("drop", "stall"):
+            self.cut = fault
         super().do_GET()
 
     def copyfile(self, source, outputfile):
-        if self.drop_after is None:
+        if self.cut is None:
             return super().copyfile(source, outputfile)
+        kind, after_bytes = self.cut
         if self.range:
             source.seek(self.range[0])
-        outputfile.write(source.read(self.drop_after))
+        outputfile.write(source.read(after_bytes))
         outputfile.flush()
+        if kind == "stall":
+            self.state.released.wait()
         self.close_connection = True  # the rest of the promised body never comes
 
 
@@ -111,6 +128,9 @@ class RepositoryServer:
         self.faults: dict[str, list] = {}
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
+        self.released = threading.Event()  # set on close: stalled answers end
+        self.active = 0
+        self.max_active = 0
         handler = partial(_Handler, state=self, directory=str(self.root))
         self.httpd = _Server(("127.0.0.1", 0), handler)
         self.port = self.httpd.server_address[1]
@@ -126,6 +146,7 @@ class RepositoryServer:
         return f"http://{host}:{self.port}"
 
     def close(self) -> None:
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -153,6 +174,15 @@ class RepositoryServer:
     def drop(self, path: str, after_bytes: int, times: int = 1) -> None:
         self.faults.setdefault(path, []).extend([("drop", after_bytes)] * times)
 
+    def hold(self, path: str, seconds: float, times: int = 1) -> None:
+        """Answer only after ``seconds`` (a slow server: requests overlap)."""
+        self.faults.setdefault(path, []).extend([("hold", seconds)] * times)
+
+    def stall(self, path: str, after_bytes: int | None = None, times: int = 1) -> None:
+        """Accept the request, then send nothing (``after_bytes`` None) or stop a file's body
+        after ``after_bytes`` bytes, keeping the connection open until the server closes."""
+        self.faults.setdefault(path, []).extend([("stall", after_bytes)] * times)
+
     def ignore_range(self, path: str, times: int = 1) -> None:
         self.faults.setdefault(path, []).extend([("ignore_range", None)] * times)
 
@@ -160,6 +190,18 @@ class RepositoryServer:
         with self._lock:
             queue = self.faults.get(path)
             return queue.pop(0) if queue else None
+
+    @contextmanager
+    def answering(self):
+        """Count a request being answered (``active``, and the most at once: ``max_active``)."""
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
 
     def requests_to(self, path: str) -> list[Seen]:
         return [s for s in self.seen if s.path == path]
@@ -173,6 +215,13 @@ class RepositoryServer:
             sciencebase=f"{self.url}/sciencebase/catalog", github_api=f"{self.url}/github-api",
             github_raw=f"{self.url}/github-raw", doi=f"{self.url}/doi",
         )
+
+    def repositories(self) -> dict:
+        """The workflow config's ``repositories`` block, every service on this server."""
+        e = self.endpoints()
+        return {"zenodo": {"api_url": e.zenodo}, "figshare": {"api_url": e.figshare},
+                "sciencebase": {"api_url": e.sciencebase},
+                "github": {"api_url": e.github_api, "raw_url": e.github_raw}}
 
     def zenodo(self, record_id: int, files: dict[str, bytes], version: str = "1.0") -> dict:
         """A Zenodo record (the REST API's list-of-files answer), files at their content links."""

@@ -3,6 +3,9 @@
 import hashlib
 import io
 import json
+import re
+import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 
 from conftest import snakemake
 from pvlake.download import (
+    DownloadSettings,
     download_dataset,
     download_fingerprint,
     downloads_table,
@@ -58,6 +62,16 @@ def zipped(members: dict[str, bytes]) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, data in members.items():
             zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def tar_gz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
@@ -149,13 +163,52 @@ def test_a_zenodo_archive_becomes_a_raw_folder_harmonize_reads(zenodo_dataset, r
     assert list(downloads_table(provenance)["checked_against"]) == ["md5 from the repository"]
 
 
-def test_a_rerun_reuses_verified_cache_and_writes_the_same_manifest(zenodo_dataset, repository_server):
+def test_a_rerun_reuses_verified_cache_and_writes_the_same_manifest(zenodo_dataset, repository_server, capsys):
     ds, layout, endpoints = zenodo_dataset
     download_dataset(ds, layout, endpoints, progress=False)
     first = layout.raw_manifest("zen").read_bytes()
-    download_dataset(ds, layout, endpoints, progress=False)
+    capsys.readouterr()
+    download_dataset(ds, layout, endpoints)
     assert layout.raw_manifest("zen").read_bytes() == first
     assert len(repository_server.requests_to("/zenodo/api/records/123/files/labels.zip/content")) == 1
+    start, done = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"zen: 1 file\(s\), (\d+ B), from http://127\.0\.0\.1:\d+/zenodo/api/records/123 \(4 at a time\)", start)
+    size = re.search(r"\d+ B", start).group()
+    assert done == f"zen: 1/1 files, {size} of {size}, 0 B/s; labels.zip reused from the cache, checksum verified"
+
+
+def test_files_are_fetched_in_parallel_up_to_the_workers(repository_server, tmp_path, capsys):
+    files = {f"part{i}.geojson": polygons(1, i) for i in range(4)}
+    repository_server.zenodo(77, files)
+    for name in files:  # slow answers, so that the downloads overlap
+        repository_server.hold(f"/zenodo/api/records/77/files/{name}/content", 0.5)
+    ds = spec("par", repo="zenodo", doi="10.5281/zenodo.77", label_fmt="geojson")
+    provenance = download_dataset(ds, Layout(tmp_path / "data"), repository_server.endpoints(),
+                                  settings=DownloadSettings(workers=2))
+    assert repository_server.max_active == 2
+    assert [d["name"] for d in provenance["downloads"]] == sorted(files)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("(2 at a time)") and len(lines) == 5
+    total = sum(len(data) for data in files.values())
+    assert lines[-1].startswith(f"par: 4/4 files, {total} B of {total} B, ")
+
+
+@pytest.mark.parametrize("stalls", ["record", "file"])
+def test_a_stalled_server_times_out_naming_the_dataset_and_url(zenodo_dataset, repository_server, stalls):
+    ds, layout, endpoints = zenodo_dataset
+    path = "/zenodo/api/records/123" + ("/files/labels.zip/content" if stalls == "file" else "")
+    # The record stalls before answering; the file after part of its body.
+    repository_server.stall(path, after_bytes=None if stalls == "record" else 500, times=2)
+    started = time.monotonic()
+    with pytest.raises(DatasetError, match=rf"dataset 'zen' file {re.escape(repository_server.url + path)}: "
+                                           r"(download failed after 2 attempts: )?timed out: the server sent "
+                                           r"nothing for 0\.3 s \(read timeout\)"):
+        download_dataset(ds, layout, endpoints, progress=False,
+                         settings=DownloadSettings(read_timeout_s=0.3, attempts=2))
+    assert time.monotonic() - started < 5
+    assert len(repository_server.requests_to(path)) == 2  # each attempt waited for its timeout
+    assert not layout.raw_dir("zen").exists()
+    assert not (layout.download_cache("zen") / "labels.zip").exists()
 
 
 def test_a_changed_upstream_file_fails_and_keeps_the_last_good_folder(zenodo_dataset, repository_server):
@@ -192,17 +245,32 @@ def test_an_unreachable_record_fails_with_its_url(repository_server, tmp_path):
         download_dataset(bad_doi, Layout(tmp_path / "data"), repository_server.endpoints(), progress=False)
 
 
-@pytest.mark.parametrize("content, reason", [
-    (zipped({"ok.geojson": polygons(1, 0), "../escape.geojson": polygons(1, 0)}), "unsafe path"),
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n", "Git LFS pointer"),
+@pytest.mark.parametrize("name, content, reason", [
+    ("labels.zip", zipped({"ok.geojson": polygons(1, 0), "../escape.geojson": polygons(1, 0)}), "unsafe path"),
+    ("labels.tar.gz", tar_gz({"ok.geojson": polygons(1, 0), "../escape.geojson": polygons(1, 0)}), "unsafe path"),
+    ("labels.tar.gz", tar_gz({"zeros.geojson": bytes(20_000_000)}), "possible decompression bomb"),
+    ("labels.zip", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n", "Git LFS pointer"),
 ])
-def test_hostile_or_hollow_files_are_refused(repository_server, tmp_path, content, reason):
-    url = repository_server.add_file("/data/labels.zip", content)
-    ds = spec("bad", repo="url", doi=url, compression="zip", label_fmt="geojson")
+def test_hostile_or_hollow_files_are_refused(repository_server, tmp_path, name, content, reason):
+    url = repository_server.add_file(f"/data/{name}", content)
+    compression = "tar.gz" if name.endswith(".tar.gz") else "zip"
+    ds = spec("bad", repo="url", doi=url, compression=compression, label_fmt="geojson")
     with pytest.raises(DatasetError, match=reason):
         download_dataset(ds, Layout(tmp_path / "data"), repository_server.endpoints(), progress=False)
     assert not (tmp_path / "escape.geojson").exists()
     assert not Layout(tmp_path / "data").raw_manifest("bad").exists()
+
+
+def test_a_versioned_figshare_tar_gz_is_fetched_at_its_version_and_extracted(repository_server, tmp_path):
+    farms = tar_gz({"farms/farms.geojson": polygons(2, 7.0), "farms/notes.txt": b"n"})
+    repository_server.figshare(11310269, 6, {"farms.tar.gz": farms, "code.zip": zipped({"a.py": b""})})
+    ds = spec("fig", repo="figshare", doi="10.6084/m9.figshare.11310269.v6", compression="tar.gz", label_fmt="geojson")
+    layout = Layout(tmp_path / "data")
+    provenance = download_dataset(ds, layout, repository_server.endpoints(), progress=False)
+    assert repository_server.requests_to("/figshare/v2/articles/11310269/versions/6")
+    assert [d["name"] for d in provenance["downloads"]] == ["farms.tar.gz"]  # not the zip
+    assert provenance["label_files"] == ["farms/farms/farms.geojson"]
+    assert harmonize_dataset(ds, layout.raw_dir("fig"), progress=False)[1]["rows_written"] == 2
 
 
 def test_every_active_upstream_entry_names_a_source_its_client_reads():
@@ -243,30 +311,69 @@ def test_real_github_datasets_download_as_the_upstream_manifest_says(
 
 
 @pytest.mark.workflow
-def test_snakemake_downloads_then_harmonizes_and_keeps_tokens_out(repository_server, tmp_path, monkeypatch):
-    points = json.dumps([[77.1 + i / 100, 28.6] for i in range(4)]).encode()
-    url = repository_server.add_file("/hosting/points.zip", zipped({"points/2021.json": points}))
-    entry = {"repo": "url", "doi": url, "compression": "zip", "label_fmt": "json", "crs": "EPSG:4326"}
+def test_snakemake_j8_downloads_through_the_repository_apis_then_harmonizes(repository_server, tmp_path, monkeypatch):
+    # Lean: each dataset costs two notebook runs. GitHub is spoken to in
+    # test_sources_repositories and, with the real files, in the `real` tests above.
+    server = repository_server
+    # Zenodo: the polygons, and a CSV the filters leave out.
+    server.zenodo(4059881, {"pv_polygons.geojson": polygons(3, 5.0), "pv_points.csv": b"lon,lat\n"})
+    # Figshare: a versioned DOI whose labels come in a tar.gz.
+    server.figshare(11310269, 6, {"farms.tar.gz": tar_gz({"farms/farms.geojson": polygons(2, 7.0), "farms/notes.txt": b"n"})})
+    gone = f"{server.url}/hosting/points.zip"
     manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps({"served_points": entry, "gone_points": {**entry, "doi": f"{url}.gone"}}))
+    manifest.write_text(json.dumps({
+        "zen_polygons": {"repo": "zenodo", "doi": "10.5281/zenodo.4059881", "label_fmt": "geojson",
+                         "file_filters": {"include_patterns": ["*.geojson"]}},
+        "fig_farms": {"repo": "figshare", "doi": "10.6084/m9.figshare.11310269.v6", "compression": "tar.gz",
+                      "label_fmt": "geojson"},
+        "gone_points": {"repo": "url", "doi": gone, "compression": "zip", "label_fmt": "json", "crs": "EPSG:4326"},
+    }))
+    # Every service on the local server; a partial `download` block keeps the other defaults.
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(json.dumps({"repositories": server.repositories(), "download": {"workers": 2, "attempts": 2}}))
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_never_in_outputs")
     data_dir = tmp_path / "data"
     layout = Layout(data_dir)
+    good = {"zen_polygons": 3, "fig_farms": 2}
     # Targets of this stage and the next only: later stages are not this test's business.
-    targets = [str(layout.staging_report(name)) for name in ("served_points", "gone_points")]
-    config = ["--config", f"data_dir={data_dir}", f"manifest={manifest}"]
-    run = snakemake("-j2", "--keep-going", *targets, *config)
+    targets = [str(layout.staging_report(name)) for name in [*good, "gone_points"]]
+    config = ["--configfile", str(configfile), "--config", f"data_dir={data_dir}", f"manifest={manifest}"]
+    run = snakemake("-j8", "--keep-going", *targets, *config)
     assert run.returncode != 0
-    assert f"DatasetError: dataset 'gone_points' file {url}.gone: HTTP 404" in run.stderr
+    assert f"DatasetError: dataset 'gone_points' file {gone}: HTTP 404" in run.stderr  # fails alone
     assert not layout.raw_manifest("gone_points").exists()
-    assert json.loads(layout.staging_report("served_points").read_text())["rows_written"] == 4
-    nb = nbformat.read(layout.executed_notebook("download", "served_points"), as_version=4)
+    for name, rows in good.items():
+        assert json.loads(layout.staging_report(name).read_text())["rows_written"] == rows, run.stderr[-3000:]
+
+    provenance = {name: json.loads(layout.raw_manifest(name).read_text()) for name in good}
+    zen, fig = provenance["zen_polygons"], provenance["fig_farms"]
+    assert zen["record"]["url"] == f"{server.url}/zenodo/api/records/4059881"
+    assert [(d["name"], d["checksum"]) for d in zen["downloads"]] == [
+        ("pv_polygons.geojson", f"md5:{hashlib.md5(polygons(3, 5.0)).hexdigest()}")]
+    assert server.requests_to("/zenodo/api/records/4059881/files/pv_points.csv/content") == []  # filtered out
+    assert fig["record"]["url"] == f"{server.url}/figshare/v2/articles/11310269/versions/6"
+    assert fig["record"]["version"] == "6" and server.requests_to("/figshare/v2/articles/11310269") == []
+    assert [(f["path"], f["archive"], f["member"]) for f in fig["files"]] == [
+        ("farms/farms/farms.geojson", "farms.tar.gz", "farms/farms.geojson")]
+    for name, prov in provenance.items():
+        raw = layout.raw_dir(name)
+        for f in prov["files"]:
+            assert f["sha256"] == hashlib.sha256((raw / f["path"]).read_bytes()).hexdigest()
+            assert f["size_bytes"] == (raw / f["path"]).stat().st_size and f["retrieved_at"].endswith("Z")
+        log = layout.log("download", name).read_text()
+        assert re.search(rf"{name}: 1/1 files, [\d.]+ k?B of [\d.]+ k?B, .*downloaded, checksum verified", log)
+
+    nb = nbformat.read(layout.executed_notebook("download", "zen_polygons"), as_version=4)
+    assert nb.metadata["papermill"]["parameters"]["repositories"] == server.repositories()
+    assert nb.metadata["papermill"]["parameters"]["download"] == {
+        "workers": 2, "attempts": 2, "connect_timeout_s": 30, "read_timeout_s": 300}
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("text/html" in o.get("data", {}) for o in outputs)  # the tables are in the book
+    assert any("1/1 files" in o.get("text", "") for o in outputs)  # and the progress
     for path in [*data_dir.rglob("*.ipynb"), *data_dir.rglob("*.log"), *data_dir.rglob("*.json")]:
         assert "ghp_never_in_outputs" not in path.read_text(errors="replace"), path
-    dry = snakemake("-n", "-j2", targets[0], *config)
+    dry = snakemake("-n", "-j8", *targets[:2], *config)
     assert dry.returncode == 0 and "wildcards:" not in dry.stdout, dry.stdout[-2000:]  # nothing to redo
 
 

@@ -1,12 +1,21 @@
-"""Safe extraction: hostile archive members are refused, only what is asked for is written."""
+"""Safe extraction of zip and tar.gz: hostile members are refused, only what is asked for is written."""
 
 import hashlib
+import io
 import stat
+import tarfile
 import zipfile
 
 import pytest
 
-from pvlake.sources.archives import ArchiveError, extract_members, list_members, safe_relpath
+from pvlake.sources.archives import (
+    ArchiveError,
+    archive_stem,
+    detect_archive,
+    extract_members,
+    list_members,
+    safe_relpath,
+)
 
 
 def make_zip(path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED):
@@ -91,3 +100,61 @@ def test_safe_relpath_normalises():
     assert safe_relpath("GPKG\\arrays.gpkg") == "GPKG/arrays.gpkg"
     with pytest.raises(ValueError):
         safe_relpath("")
+
+
+def make_tar(path, members: dict[str, bytes], links: dict[str, str] | None = None, mode="w:gz"):
+    """A tar archive with regular files, plus symbolic links (name -> target)."""
+    with tarfile.open(path, mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    return path
+
+
+def test_a_tar_gz_is_extracted_like_a_zip(tmp_path):
+    archive = make_tar(tmp_path / "farms.tar.gz", {"farms/a.geojson": b"aaa", "farms/b.geojson": b"bb",
+                                                   "docs/readme.txt": b"r"},
+                       links={"farms/passwd.geojson": "/etc/passwd", "farms/up.geojson": "../../x"})
+    assert detect_archive(archive) == "tar" and archive_stem("x/farms.tar.gz") == "x/farms"
+    assert list_members(archive) == ["farms/a.geojson", "farms/b.geojson", "docs/readme.txt"]  # links are no files
+    (out,) = extract_members(archive, ["farms/b.geojson"], tmp_path / "raw")
+    assert (out.path, out.size_bytes, out.sha256) == ("farms/b.geojson", 2, hashlib.sha256(b"bb").hexdigest())
+    assert sorted(p.name for p in (tmp_path / "raw").rglob("*") if p.is_file()) == ["b.geojson"]
+    with pytest.raises(ArchiveError, match="has no regular file 'farms/passwd.geojson'"):
+        extract_members(archive, ["farms/passwd.geojson"], tmp_path / "raw")
+    assert not (tmp_path / "raw" / "farms" / "passwd.geojson").exists()
+
+
+@pytest.mark.parametrize("name", ["../evil.geojson", "/etc/evil.geojson", "a/../../evil.geojson"])
+def test_a_tar_member_that_could_escape_refuses_the_archive(tmp_path, name):
+    archive = make_tar(tmp_path / "bad.tgz", {"ok.geojson": b"{}", name: b"{}"})
+    with pytest.raises(ArchiveError, match="unsafe path") as info:
+        list_members(archive)
+    assert info.value.where == "bad.tgz"
+    with pytest.raises(ArchiveError, match="unsafe path"):
+        extract_members(archive, ["ok.geojson"], tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_tar_gz_bomb_is_refused_before_it_is_inflated(tmp_path):
+    archive = make_tar(tmp_path / "bomb.tar.gz", {"zeros.geojson": bytes(20_000_000)})
+    assert archive.stat().st_size * 500 < 20_000_000
+    with pytest.raises(ArchiveError, match="possible decompression bomb") as err:
+        list_members(archive)
+    assert err.value.where == "bomb.tar.gz"
+
+
+def test_a_truncated_tar_gz_is_reported(tmp_path):
+    payload = bytes(range(256)) * 400
+    archive = make_tar(tmp_path / "cut.tar.gz", {"a.geojson": payload})
+    archive.write_bytes(archive.read_bytes()[:-200])
+    with pytest.raises(ArchiveError, match="cut.tar.gz"):
+        extract_members(archive, list_members(archive), tmp_path / "out")
+    (tmp_path / "broken.tgz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(ArchiveError, match="not a readable tar archive"):
+        list_members(tmp_path / "broken.tgz")

@@ -5,12 +5,14 @@
 2. What to fetch is chosen from that list alone: the label files the file filters select
    (with their shapefile sidecars), the archives to extract (``compression: "zip"``, or
    the ``compressed_archives`` named), or the one file a URL names.
-3. Each file is fetched into the download cache ``<data_dir>/downloads/<dataset>/``,
-   resumed if interrupted and checked against the repository's size and checksum; a
-   cached file whose checksum still matches is reused without a download.
-4. The raw folder is built aside: plain files linked from the cache, archives extracted
-   safely (only the selected members, under ``<archive name without .zip>/``), so each
-   label file is there exactly once and no archive is.
+3. The files are fetched into the download cache ``<data_dir>/downloads/<dataset>/``,
+   a few at a time (:class:`DownloadSettings`), resumed if interrupted and checked against
+   the repository's size and checksum; a cached file whose checksum still matches is
+   reused without a download. Progress (files and bytes) is printed as plain lines, which
+   read the same in the executed notebook and in the log.
+4. The raw folder is built aside: plain files linked from the cache, archives (zip or
+   tar.gz) extracted safely (only the selected members, under the archive's name without
+   its suffix), so each label file is there exactly once and no archive is.
 5. Once harmonize's own file finder agrees, ``MANIFEST.json`` (the provenance: size,
    SHA-256, source URL and retrieval time of every file) is written and the folder is
    swapped into place, so a complete ``raw/<dataset>/`` appears at once or not at all.
@@ -22,27 +24,49 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import requests
-from tqdm import tqdm
 
 from .errors import DatasetError
 from .io import write_json
 from .layout import Layout
-from .manifest import ARCHIVE_SUFFIXES, LABEL_FORMATS, DatasetSpec
+from .manifest import LABEL_FORMATS, DatasetSpec
 from .sources import find_label_files
-from .sources.archives import ArchiveError, extract_members, list_members, safe_relpath
-from .sources.http import RepositoryError, fetch, hash_file, http_session, normalize_checksum
+from .sources.archives import (
+    ARCHIVE_SUFFIXES,
+    ArchiveError,
+    archive_stem,
+    detect_archive,
+    extract_members,
+    list_members,
+    safe_relpath,
+)
+from .sources.http import (
+    ATTEMPTS,
+    POOL_SIZE,
+    TIMEOUT_S,
+    RepositoryError,
+    fetch,
+    hash_file,
+    http_session,
+    normalize_checksum,
+)
 from .sources.labels import JUNK
 from .sources.repositories import Endpoints, Record, RemoteFile, get_record, repository_of
 
 DOWNLOAD_KEYS = ("repo", "doi", "compression", "compressed_archives", "file_filters", "label_fmt", "max_mb")
 """Manifest fields that decide what is downloaded (their hash is the rule's fingerprint)."""
 
-COMPRESSIONS = (None, "zip")
+COMPRESSIONS = {None: (), "zip": (".zip",), "tar.gz": (".tar.gz", ".tgz")}
+"""``compression`` values and the archive names each selects from a record."""
 
 SHAPEFILE_SIDECARS = (".dbf", ".shx", ".prj", ".cpg")
 """Files a shapefile is read with (attributes, index, CRS, encoding)."""
@@ -51,6 +75,110 @@ LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 CACHE_INDEX = ".fetched.json"
 """Per-dataset record of cached downloads (URL, checksum, SHA-256, retrieval time)."""
+
+PROGRESS_INTERVAL_S = 10.0
+"""Seconds between progress lines while bytes arrive (each finished file also gets one)."""
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """How files are fetched (workflow config ``download``); never what is fetched.
+
+    Attributes
+    ----------
+    workers : int
+        Files of one dataset downloaded at the same time.
+    connect_timeout_s : float
+        Seconds to wait for a connection.
+    read_timeout_s : float
+        Seconds to wait for the next bytes of an answer; a server silent for longer
+        fails the try.
+    attempts : int
+        Tries per request (with backoff) and per interrupted download (resumed).
+    """
+
+    workers: int = 4
+    connect_timeout_s: float = TIMEOUT_S[0]
+    read_timeout_s: float = TIMEOUT_S[1]
+    attempts: int = ATTEMPTS
+
+    def session(self, headers_by_host: dict[str, str] | None = None) -> requests.Session:
+        """An HTTP session with these timeouts and retries, shared by the workers."""
+        return http_session(
+            headers_by_host, self.attempts, (self.connect_timeout_s, self.read_timeout_s),
+            pool_size=max(POOL_SIZE, self.workers),
+        )
+
+
+class Progress:
+    """Files and bytes of one dataset's downloads, reported as plain lines.
+
+    Lines (not a progress bar) read the same in the executed notebook and in the log.
+    One is written when a file is done, and at most every ``interval_s`` seconds while
+    bytes arrive. The download threads call :meth:`add_bytes` concurrently.
+
+    Parameters
+    ----------
+    dataset : str
+    wanted : list of RemoteFile
+        The files to verify or fetch (their listed sizes make the total).
+    report : callable
+        Receives each line (``print`` in the notebook).
+    interval_s : float
+        Least seconds between two lines about bytes.
+    """
+
+    def __init__(self, dataset: str, wanted: list[RemoteFile], report: Callable[[str], None],
+                 interval_s: float = PROGRESS_INTERVAL_S):
+        self.dataset = dataset
+        self.n_files = len(wanted)
+        self.total_bytes = sum(f.size_bytes or 0 for f in wanted)
+        # A plain URL lists no size: the total is then a lower bound, shown as such.
+        self.sizes_known = all(f.size_bytes is not None for f in wanted)
+        self.report = report
+        self.interval_s = interval_s
+        self.files_done = 0
+        self.bytes_done = 0
+        self.bytes_received = 0
+        self._started = self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def start(self, source: str, workers: int) -> None:
+        """Report what is about to be fetched, from where, how many at a time."""
+        total = _size(self.total_bytes) if self.sizes_known else f"at least {_size(self.total_bytes)}"
+        self.report(f"{self.dataset}: {self.n_files} file(s), {total}, from {source} ({workers} at a time)")
+
+    def add_bytes(self, n_bytes: int) -> None:
+        """Count bytes received (from any download thread)."""
+        with self._lock:
+            self.bytes_done += n_bytes
+            self.bytes_received += n_bytes
+            if time.monotonic() - self._last >= self.interval_s:
+                self._emit()
+
+    def file_done(self, remote: RemoteFile, reused: bool) -> None:
+        """Count a file verified (``reused``: its cached copy, without a download)."""
+        with self._lock:
+            self.files_done += 1
+            if reused:
+                self.bytes_done += remote.size_bytes or 0
+            how = "reused from the cache" if reused else "downloaded"
+            self._emit(f"{remote.name} {how}" + (", checksum verified" if remote.checksum else ""))
+
+    def _emit(self, event: str = "") -> None:
+        self._last = now = time.monotonic()
+        total = f" of {_size(self.total_bytes)}" if self.sizes_known else ""
+        rate = self.bytes_received / max(now - self._started, 1e-9)
+        line = f"{self.dataset}: {self.files_done}/{self.n_files} files, {_size(self.bytes_done)}{total}, {_size(rate)}/s"
+        self.report(f"{line}; {event}" if event else line)
+
+
+def _size(n_bytes: float) -> str:
+    """``n_bytes`` in B, kB, MB or GB (decimal, as the repositories list sizes)."""
+    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= factor:
+            return f"{n_bytes / factor:,.1f} {unit}"
+    return f"{n_bytes:.0f} B"
 
 
 def download_fingerprint(spec: DatasetSpec) -> str:
@@ -69,10 +197,13 @@ def check_downloadable(spec: DatasetSpec) -> None:
     if not spec.entry.get("doi"):
         raise DatasetError(spec.name, None, "no 'doi' (a DOI or URL) to download from")
     if spec.compression not in COMPRESSIONS:
-        raise DatasetError(spec.name, None, f"compression {spec.compression!r} is not supported; use 'zip' or null")
+        raise DatasetError(
+            spec.name, None, f"compression {spec.compression!r} is not supported; use 'zip', 'tar.gz' or null",
+        )
 
 
 def is_archive(name: str) -> bool:
+    """True for a name the download stage extracts (zip, tar.gz)."""
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
@@ -110,8 +241,8 @@ def select_downloads(spec: DatasetSpec, record: Record) -> list[RemoteFile]:
     """The files of ``record`` to fetch, in record order.
 
     A file URL's file is always fetched. Otherwise: the label files the filters select
-    and their shapefile sidecars, plus the zip archives named in ``compressed_archives``
-    (or, when none are named, every zip archive if ``compression`` is ``"zip"``).
+    and their shapefile sidecars, plus the archives named in ``compressed_archives``
+    (or, when none are named, every archive of the kind ``compression`` names).
 
     Raises
     ------
@@ -127,7 +258,7 @@ def select_downloads(spec: DatasetSpec, record: Record) -> list[RemoteFile]:
         raise DatasetError(spec.name, record.url, f"compressed_archives {missing} not in the record; files there: {_listing(names)}")
 
     def wanted_archive(name: str) -> bool:
-        return PurePosixPath(name).name in named if named else spec.compression == "zip"
+        return PurePosixPath(name).name in named if named else name.lower().endswith(COMPRESSIONS[spec.compression])
 
     archives = [n for n in names if is_archive(n) and wanted_archive(n)]
     labels = [n for n in names if not is_archive(n) and is_label_path(spec, n)]
@@ -186,27 +317,42 @@ def _check_limits(spec: DatasetSpec, wanted: list[RemoteFile], cache_dir: Path, 
 
 
 def fetch_to_cache(
-    remote: RemoteFile, cache_dir: Path, index: dict, session: requests.Session,
-    limit: int | None = None, progress: bool = True,
-) -> dict:
-    """Fetch one file into the cache (or reuse the cached copy) and return its record.
+    remote: RemoteFile, cache_dir: Path, cached: dict | None, session: requests.Session,
+    limit: int | None = None, attempts: int = ATTEMPTS, on_bytes: Callable[[int], None] | None = None,
+) -> tuple[dict, bool]:
+    """Fetch one file into the cache, or reuse the cached copy, and return its record.
+
+    Parameters
+    ----------
+    remote : RemoteFile
+    cache_dir : Path
+    cached : dict or None
+        The file's entry in the cache index, from an earlier download.
+    session : requests.Session
+    limit : int, optional
+        Largest size accepted, in bytes.
+    attempts : int
+        Transfers tried before giving up.
+    on_bytes : callable, optional
+        Called with the size of every block received.
 
     Returns
     -------
-    dict
+    record : dict
         ``name``, ``url``, ``size_bytes``, ``checksum`` (the repository's, or None),
         ``sha256`` and ``retrieved_at`` (UTC, when the bytes were downloaded).
+    reused : bool
+        True when the cached copy still matched and nothing was downloaded.
     """
     path = cache_dir / safe_relpath(remote.name)
-    cached = index.get(remote.name)
     sha256 = _reusable(remote, cached, path)
     if sha256 is not None:
-        return {**cached, "url": remote.url, "sha256": sha256}
-    sha256 = fetch(session, remote.url, path, remote.size_bytes, remote.checksum, limit, progress=progress)
+        return {**cached, "url": remote.url, "sha256": sha256}, True
+    sha256 = fetch(session, remote.url, path, remote.size_bytes, remote.checksum, limit, attempts, on_bytes)
     return {
         "name": remote.name, "url": remote.url, "size_bytes": path.stat().st_size,
         "checksum": remote.checksum, "sha256": sha256, "retrieved_at": _utc_now(),
-    }
+    }, False
 
 
 def _check_not_lfs_pointer(spec: DatasetSpec, path: Path, url: str) -> None:
@@ -220,6 +366,74 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)  # no second copy on disk when cache and raw share a filesystem
     except OSError:
         shutil.copy2(src, dst)
+
+
+class _Stopped(Exception):
+    """Another file of the dataset failed: this one stops, its partial file kept."""
+
+
+def fetch_all(
+    spec: DatasetSpec, wanted: list[RemoteFile], cache_dir: Path, index: dict, session: requests.Session,
+    settings: DownloadSettings, progress: Progress,
+) -> list[dict]:
+    """Fetch (or reuse) every wanted file, ``settings.workers`` at a time.
+
+    Each verified file is recorded in the cache index at once, so an interrupted run keeps
+    it. The first failure stops the rest: files not started are not fetched, transfers
+    under way stop at their next block and keep their partial file for the next run.
+
+    Returns
+    -------
+    list of dict
+        The files' records (see :func:`fetch_to_cache`), in the order of ``wanted``.
+
+    Raises
+    ------
+    RepositoryError, DatasetError
+        The first failure.
+    """
+    stop = threading.Event()
+
+    def on_bytes(n_bytes: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+        progress.add_bytes(n_bytes)
+
+    def fetch_one(remote: RemoteFile) -> dict:
+        if stop.is_set():
+            raise _Stopped
+        entry, reused = fetch_to_cache(remote, cache_dir, index.get(remote.name), session,
+                                       max_bytes(spec), settings.attempts, on_bytes)
+        _check_not_lfs_pointer(spec, cache_dir / safe_relpath(remote.name), remote.url)
+        progress.file_done(remote, reused)
+        return entry
+
+    done, failure = {}, None
+    pool = ThreadPoolExecutor(settings.workers, thread_name_prefix=f"download-{spec.name}")
+    try:
+        for future in as_completed([pool.submit(fetch_one, remote) for remote in wanted]):
+            try:
+                entry = future.result()
+            except (_Stopped, CancelledError):
+                continue
+            except (RepositoryError, DatasetError) as exc:
+                failure = failure or exc
+                stop.set()
+                continue
+            done[entry["name"]] = index[entry["name"]] = entry
+            write_json(index, cache_dir / CACHE_INDEX)  # only this thread writes the index
+    finally:
+        stop.set()  # also on an interrupt: no thread goes on downloading
+        pool.shutdown(wait=True, cancel_futures=True)
+    if failure is not None:
+        raise failure
+    return [done[remote.name] for remote in wanted]
+
+
+def _is_to_extract(spec: DatasetSpec, name: str, path: Path) -> bool:
+    """An archive by name, or by content when the entry says the data come compressed
+    (a URL's file may be named otherwise, e.g. ``.../download?id=3``)."""
+    return is_archive(name) or (spec.compression is not None and detect_archive(path) is not None)
 
 
 def build_raw(spec: DatasetSpec, fetched: list[dict], cache_dir: Path, dest: Path) -> tuple[list[dict], list[str]]:
@@ -237,8 +451,8 @@ def build_raw(spec: DatasetSpec, fetched: list[dict], cache_dir: Path, dest: Pat
     for entry in fetched:
         src = cache_dir / safe_relpath(entry["name"])
         common = {"source_url": entry["url"], "retrieved_at": entry["retrieved_at"]}
-        if is_archive(entry["name"]):
-            prefix = safe_relpath(entry["name"])[: -len(".zip")]
+        if _is_to_extract(spec, entry["name"], src):
+            prefix = archive_stem(safe_relpath(entry["name"]))
             members = list_members(src)
             seen.extend(f"{entry['name']}/{m}" for m in members)
             for e in extract_members(src, select_members(spec, prefix, members), dest / prefix):
@@ -250,6 +464,15 @@ def build_raw(spec: DatasetSpec, fetched: list[dict], cache_dir: Path, dest: Pat
             files.append({"path": safe_relpath(entry["name"]), "size_bytes": entry["size_bytes"],
                           "sha256": entry["sha256"], **common, "archive": None, "member": None})
     return sorted(files, key=lambda f: f["path"]), seen
+
+
+def _print_line(line: str) -> None:
+    """Print at once: the notebook and its log show each line as it happens."""
+    print(line, flush=True)
+
+
+def _quiet(line: str) -> None:
+    """Report nothing (``progress=False``)."""
 
 
 def _replace_dir(new: Path, target: Path) -> None:
@@ -275,6 +498,7 @@ def download_dataset(
     endpoints: Endpoints = Endpoints(),
     session: requests.Session | None = None,
     progress: bool = True,
+    settings: DownloadSettings = DownloadSettings(),
 ) -> dict:
     """Download, verify and lay out one dataset in ``layout.raw_dir(spec.name)``.
 
@@ -287,10 +511,12 @@ def download_dataset(
     endpoints : Endpoints
         Service base URLs (the real services by default).
     session : requests.Session, optional
-        Defaults to :func:`~pvlake.sources.http.http_session` with the tokens found in
-        the environment (``GITHUB_TOKEN``, ``ZENODO_TOKEN``, ``FIGSHARE_TOKEN``).
+        Defaults to :meth:`DownloadSettings.session` with the tokens found in the
+        environment (``GITHUB_TOKEN``, ``ZENODO_TOKEN``, ``FIGSHARE_TOKEN``).
     progress : bool
-        Show tqdm bars (files, and bytes of each download).
+        Print progress lines (files and bytes).
+    settings : DownloadSettings
+        Parallel downloads, timeouts and attempts.
 
     Returns
     -------
@@ -304,7 +530,7 @@ def download_dataset(
         that does not match its checksum, an unsafe archive, nothing to read.
     """
     check_downloadable(spec)
-    session = session or http_session(endpoints.auth_headers())
+    session = session or settings.session(endpoints.auth_headers())
     cache_dir = layout.download_cache(spec.name)
     raw = layout.raw_dir(spec.name)
     staging = raw.with_name(f".{raw.name}.partial")
@@ -314,13 +540,9 @@ def download_dataset(
         wanted = select_downloads(spec, record)
         index = _load_index(cache_dir)
         _check_limits(spec, wanted, cache_dir, index)
-        fetched = []
-        for remote in tqdm(wanted, desc=f"download {spec.name}", unit="file", disable=not progress):
-            entry = fetch_to_cache(remote, cache_dir, index, session, max_bytes(spec), progress)
-            _check_not_lfs_pointer(spec, cache_dir / safe_relpath(remote.name), remote.url)
-            fetched.append(entry)
-            index[remote.name] = entry
-            write_json(index, cache_dir / CACHE_INDEX)
+        report = Progress(spec.name, wanted, _print_line if progress else _quiet)
+        report.start(record.url, settings.workers)
+        fetched = fetch_all(spec, wanted, cache_dir, index, session, settings, report)
         staging.mkdir(parents=True)
         files, seen = build_raw(spec, fetched, cache_dir, staging)
         if not any(is_label_path(spec, f["path"]) for f in files):

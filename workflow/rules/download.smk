@@ -24,6 +24,9 @@ rule download:
             dataset=wc.dataset,
             manifest=config["manifest"],
             data_dir=config["data_dir"],
+            # Service base URLs and fetch settings: configuration, never secrets.
+            repositories=config["repositories"],
+            download=config["download"],
         ),
     shell:
         "{params.python} -m pvlake.notebook {input.notebook} {log.notebook}"

@@ -1,10 +1,11 @@
 """HTTP transport for the repository clients: one session, resumable verified downloads.
 
-Every request carries the project's User-Agent, a timeout, and retries with backoff on
-connection failures and on 429/5xx answers (honouring ``Retry-After``). A download streams
-into ``<file>.part``, resumes an interrupted transfer with an HTTP ``Range`` request, is
-checked against the size and checksum the repository publishes, and only then is renamed
-to its final name.
+Every request carries the project's User-Agent and a (connect, read) timeout, and is
+retried with backoff on connection failures, timeouts before the answer, and 429/5xx
+answers (honouring ``Retry-After``). A download streams into ``<file>.part``; a transfer
+that breaks off mid-body (the connection drops, or no bytes come within the read timeout)
+is resumed with an HTTP ``Range`` request. The file is checked against the size and
+checksum the repository publishes, and only then renamed to its final name.
 
 Access tokens come from environment variables only and are sent only to the host of the
 service they belong to (see :class:`HostAuth`); they never appear in a URL, a log line or
@@ -16,23 +17,27 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
-from tqdm import tqdm
 from urllib3.util.retry import Retry
 
 from .. import __version__
 
 USER_AGENT = f"pvlake/{__version__} (ice-mELT DuckLake; open PV label datasets)"
 
-TIMEOUT_S = (30, 300)
+TIMEOUT_S = (30.0, 300.0)
 """Seconds to connect, and to wait for the next bytes of an answer."""
 
 ATTEMPTS = 5
-"""Tries per request (connection errors, 429/5xx) and per interrupted download."""
+"""Tries per request (connection errors, timeouts, 429/5xx) and per interrupted download."""
+
+POOL_SIZE = 10
+"""Connections kept open per host (urllib3's default); more for more parallel downloads."""
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
@@ -45,14 +50,15 @@ CHUNK_BYTES = 1 << 20
 STREAM_CHUNK_BYTES = 1 << 16
 """Block size for network reads; a dropped connection loses at most one (it is re-fetched)."""
 
-TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-"""Failures after which a download is resumed rather than given up."""
-
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class _Restart(Exception):
     """The partial file cannot be resumed; the next attempt starts from byte 0."""
+
+
+class _Interrupted(Exception):
+    """The body broke off before its end; the next attempt resumes from the partial file."""
 
 
 class RepositoryError(Exception):
@@ -97,15 +103,49 @@ class HostAuth(requests.auth.AuthBase):
         return f"HostAuth(hosts={sorted(self.headers_by_host)})"
 
 
-def http_session(headers_by_host: dict[str, str] | None = None, attempts: int = ATTEMPTS) -> requests.Session:
-    """A session with the project's User-Agent, retries and per-host tokens.
+class TimeoutAdapter(HTTPAdapter):
+    """An adapter that gives every request a timeout unless the call names one.
+
+    requests has no session-wide timeout, and a request without one waits forever on a
+    server that accepts the connection and then sends nothing.
+
+    Parameters
+    ----------
+    timeout_s : tuple of float
+        Seconds to connect, and to wait for the next bytes of an answer.
+    **kwargs
+        Passed to :class:`requests.adapters.HTTPAdapter`.
+    """
+
+    def __init__(self, timeout_s: tuple[float, float] = TIMEOUT_S, **kwargs):
+        self.timeout_s = tuple(timeout_s)
+        super().__init__(**kwargs)
+
+    def send(self, request, **kwargs):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout_s
+        return super().send(request, **kwargs)
+
+
+def http_session(
+    headers_by_host: dict[str, str] | None = None,
+    attempts: int = ATTEMPTS,
+    timeout_s: tuple[float, float] = TIMEOUT_S,
+    pool_size: int = POOL_SIZE,
+) -> requests.Session:
+    """A session with the project's User-Agent, timeouts, retries and per-host tokens.
 
     Parameters
     ----------
     headers_by_host : dict, optional
         ``Authorization`` header values by host (see :class:`HostAuth`).
     attempts : int
-        Tries per request on connection errors and 429/5xx answers.
+        Tries per request on connection errors, timeouts before the answer, and 429/5xx
+        answers.
+    timeout_s : tuple of float
+        Seconds to connect, and to wait for the next bytes of an answer.
+    pool_size : int
+        Connections kept per host: at least the number of threads sharing the session.
     """
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
@@ -113,7 +153,7 @@ def http_session(headers_by_host: dict[str, str] | None = None, attempts: int = 
         total=attempts - 1, backoff_factor=BACKOFF_S, status_forcelist=RETRY_STATUSES,
         allowed_methods={"GET", "HEAD"}, respect_retry_after_header=True, raise_on_status=False,
     )
-    adapter = HTTPAdapter(max_retries=retry)
+    adapter = TimeoutAdapter(timeout_s, max_retries=retry, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     if headers_by_host:
@@ -133,18 +173,51 @@ def http_reason(response: requests.Response) -> str:
     return reason
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every error it wraps (requests keeps urllib3's in ``args``, urllib3 its
+    cause in ``reason``)."""
+    found, todo = [], [exc]
+    while todo:
+        err = todo.pop()
+        if isinstance(err, BaseException) and not any(err is f for f in found):
+            found.append(err)
+            todo += [err.__cause__, err.__context__, getattr(err, "reason", None), *err.args]
+    return found
+
+
+def failure_reason(session: requests.Session, url: str, exc: Exception) -> str:
+    """Why a request got no complete answer, in words: a timeout (with its length), an
+    unreachable host, or the error itself."""
+    connect_s, read_s = getattr(session.get_adapter(url), "timeout_s", TIMEOUT_S)
+    causes = _causes(exc)
+
+    def first(*types):
+        return next((c for c in causes if isinstance(c, types)), None)
+
+    if first(urllib3.exceptions.ReadTimeoutError, requests.ReadTimeout):
+        return f"timed out: the server sent nothing for {read_s:g} s (read timeout)"
+    # NewConnectionError (refused, unknown host) subclasses ConnectTimeoutError: ask first.
+    refused = first(urllib3.exceptions.NewConnectionError)
+    if refused:
+        return f"unreachable ({str(refused).split(': ', 1)[-1]})"
+    if first(urllib3.exceptions.ConnectTimeoutError, requests.ConnectTimeout):
+        return f"unreachable: no connection within {connect_s:g} s (connect timeout)"
+    return f"request failed ({type(exc).__name__}: {exc})"
+
+
 def get_json(session: requests.Session, url: str, params: dict | None = None):
     """GET a JSON document.
 
     Raises
     ------
     RepositoryError
-        On a connection failure, a non-200 answer, or a body that is not JSON.
+        On a connection failure or timeout (after the session's retries), a non-200
+        answer, or a body that is not JSON.
     """
     try:
-        response = session.get(url, params=params, timeout=TIMEOUT_S, headers={"Accept": "application/json"})
+        response = session.get(url, params=params, headers={"Accept": "application/json"})
     except requests.RequestException as exc:
-        raise RepositoryError(url, f"request failed ({type(exc).__name__}: {exc})") from exc
+        raise RepositoryError(url, failure_reason(session, url, exc)) from exc
     if response.status_code != 200:
         raise RepositoryError(response.url, http_reason(response))
     try:
@@ -213,50 +286,74 @@ def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:,.1f} MB"
 
 
-def _stream(response, part: Path, offset: int, total: int | None, url: str, max_bytes: int | None, progress: bool) -> None:
-    mode = "ab" if offset else "wb"
+OnBytes = Callable[[int], None] | None
+"""Called with the size of each block received (progress reports)."""
+
+
+def _stream(response, part: Path, offset: int, url: str, max_bytes: int | None, on_bytes: OnBytes) -> None:
     written = offset
-    with open(part, mode) as fh, tqdm(
-        total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=part.name.removesuffix(".part"), disable=not progress, mininterval=2,
-    ) as bar:
+    with open(part, "ab" if offset else "wb") as fh:
         for chunk in response.iter_content(STREAM_CHUNK_BYTES):
             written += len(chunk)
             if max_bytes is not None and written > max_bytes:
                 raise RepositoryError(url, f"larger than the limit of {_mb(max_bytes)} (manifest max_mb)")
             fh.write(chunk)
-            bar.update(len(chunk))
+            if on_bytes is not None:
+                on_bytes(len(chunk))
 
 
-def _transfer(session, url: str, part: Path, size_bytes: int | None, max_bytes: int | None, progress: bool) -> None:
-    """One attempt: fetch what ``part`` lacks. Raises TRANSIENT errors to be retried."""
+def _receive(session: requests.Session, response: requests.Response, url: str, part: Path, offset: int,
+             size_bytes: int | None, max_bytes: int | None, on_bytes: OnBytes) -> None:
+    """Append the answer's body to ``part``, which holds ``offset`` bytes already."""
+    if response.status_code == 416 and offset and offset == size_bytes:
+        return  # the partial file was already complete
+    span = _content_range(response) if response.status_code == 206 else None
+    if span is not None and span[0] == offset:
+        total = span[1]
+    elif response.status_code == 200:
+        # The server ignored the range (or there was none): start over.
+        offset = 0
+        length = response.headers.get("Content-Length")
+        total = int(length) if length else None
+    elif response.status_code == 416:
+        part.unlink()
+        raise _Restart("the partial file does not fit the remote file")
+    else:
+        raise RepositoryError(response.url, http_reason(response))
+    total = total if total is not None else size_bytes
+    if max_bytes is not None and total is not None and total > max_bytes:
+        raise RepositoryError(url, f"is {_mb(total)}, above the limit of {_mb(max_bytes)} (manifest max_mb)")
+    try:
+        _stream(response, part, offset, url, max_bytes, on_bytes)
+    except requests.RequestException as exc:
+        raise _Interrupted(failure_reason(session, url, exc)) from exc
+    if total is not None and part.stat().st_size < total:
+        raise _Interrupted(f"the connection closed at {part.stat().st_size:,} of {total:,} bytes")
+
+
+def _transfer(session: requests.Session, url: str, part: Path, size_bytes: int | None, max_bytes: int | None,
+              on_bytes: OnBytes) -> None:
+    """One attempt: fetch what ``part`` lacks.
+
+    Raises ``_Interrupted`` or ``_Restart`` for the next attempt, and RepositoryError to
+    give up: a request without an answer (the session has retried it already; ``part``
+    stays for a later run to resume), or a refusal or a file too large (``part`` goes).
+    """
     offset = part.stat().st_size if part.exists() else 0
     # Identity encoding: byte ranges and lengths then refer to the file itself.
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    with session.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as response:
-        if response.status_code == 416 and offset and offset == size_bytes:
-            return  # the partial file was already complete
-        span = _content_range(response) if response.status_code == 206 else None
-        if span is not None and span[0] == offset:
-            total = span[1]
-        elif response.status_code == 200:
-            # The server ignored the range (or there was none): start over.
-            offset = 0
-            length = response.headers.get("Content-Length")
-            total = int(length) if length else None
-        elif response.status_code == 416:
-            part.unlink()
-            raise _Restart("the partial file does not fit the remote file")
-        else:
-            raise RepositoryError(response.url, http_reason(response))
-        total = total if total is not None else size_bytes
-        if max_bytes is not None and total is not None and total > max_bytes:
-            raise RepositoryError(url, f"is {_mb(total)}, above the limit of {_mb(max_bytes)} (manifest max_mb)")
-        _stream(response, part, offset, total, url, max_bytes, progress)
-        if total is not None and part.stat().st_size < total:
-            raise requests.exceptions.ChunkedEncodingError(f"connection closed at {part.stat().st_size} of {total} bytes")
+    try:
+        response = session.get(url, headers=headers, stream=True)
+    except requests.RequestException as exc:
+        raise RepositoryError(url, failure_reason(session, url, exc)) from exc
+    with response:
+        try:
+            _receive(session, response, url, part, offset, size_bytes, max_bytes, on_bytes)
+        except RepositoryError:
+            part.unlink(missing_ok=True)  # refused, gone or too large: nothing worth resuming
+            raise
 
 
 def fetch(
@@ -267,7 +364,7 @@ def fetch(
     checksum: str | None = None,
     max_bytes: int | None = None,
     attempts: int = ATTEMPTS,
-    progress: bool = False,
+    on_bytes: OnBytes = None,
 ) -> str:
     """Download ``url`` to ``dest``, resuming and verifying; return the file's SHA-256.
 
@@ -290,9 +387,10 @@ def fetch(
     max_bytes : int, optional
         Refuse a larger file (before downloading it when the server states its size).
     attempts : int
-        Transfers tried before giving up.
-    progress : bool
-        Show a tqdm bar of bytes.
+        Transfers tried before giving up (each request is also retried by the session).
+    on_bytes : callable, optional
+        Called with the size of every block received (progress reports). An exception it
+        raises stops the download and keeps ``<dest>.part`` for a later resume.
 
     Returns
     -------
@@ -302,7 +400,8 @@ def fetch(
     Raises
     ------
     RepositoryError
-        When the download fails, is too large, or does not match the size or checksum.
+        When the download fails or times out, is too large, or does not match the size
+        or checksum.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -310,15 +409,12 @@ def fetch(
     last: Exception | None = None
     for _ in range(attempts):
         try:
-            _transfer(session, url, part, size_bytes, max_bytes, progress)
+            _transfer(session, url, part, size_bytes, max_bytes, on_bytes)
             break
-        except (*TRANSIENT, _Restart) as exc:
+        except (_Interrupted, _Restart) as exc:
             last = exc
-        except RepositoryError:
-            part.unlink(missing_ok=True)  # refused or gone: nothing worth resuming
-            raise
     else:
-        raise RepositoryError(url, f"download failed after {attempts} attempts ({type(last).__name__}: {last})")
+        raise RepositoryError(url, f"download failed after {attempts} attempts: {last}")
     actual = part.stat().st_size
     if size_bytes is not None and actual != size_bytes:
         part.unlink()

@@ -81,7 +81,9 @@ class Record:
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Base URLs of the services (the real ones by default; tests point them elsewhere)."""
+    """Base URLs of the services: the real ones by default, or a mirror or test server
+    from the workflow config's ``repositories`` block (:meth:`from_config`). ``doi`` is
+    the doi.org handle API, asked only for DOIs whose prefix names no repository."""
 
     zenodo: str = "https://zenodo.org/api"
     figshare: str = "https://api.figshare.com/v2"
@@ -89,6 +91,31 @@ class Endpoints:
     github_api: str = "https://api.github.com"
     github_raw: str = "https://raw.githubusercontent.com"
     doi: str = "https://doi.org"
+
+    @classmethod
+    def from_config(cls, repositories: dict | None) -> Endpoints:
+        """Endpoints from the workflow config's ``repositories`` block.
+
+        Parameters
+        ----------
+        repositories : dict or None
+            ``{"zenodo": {"api_url": ...}, "figshare": {"api_url": ...}, "sciencebase":
+            {"api_url": ...}, "github": {"api_url": ..., "raw_url": ...}}``; a key left
+            out keeps the real service. Trailing slashes are dropped, since every client
+            appends ``/<path>``.
+        """
+        repositories = repositories or {}
+
+        def url(service: str, key: str, default: str) -> str:
+            return (repositories.get(service) or {}).get(key, default).rstrip("/")
+
+        return cls(
+            zenodo=url("zenodo", "api_url", cls.zenodo),
+            figshare=url("figshare", "api_url", cls.figshare),
+            sciencebase=url("sciencebase", "api_url", cls.sciencebase),
+            github_api=url("github", "api_url", cls.github_api),
+            github_raw=url("github", "raw_url", cls.github_raw),
+        )
 
     def auth_headers(self, environ: dict | None = None) -> dict[str, str]:
         """``Authorization`` values by host, from the tokens set in the environment."""
