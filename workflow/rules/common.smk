@@ -44,3 +44,12 @@ def notebook_params(**params):
 
 # Final outputs of `snakemake -j8`: each stage's .smk file appends its own.
 TARGETS = []
+
+
+def ground_truth_path():
+    """The planted duplicates to score against (config dedup.ground_truth), or None."""
+    value = config["dedup"]["ground_truth"]
+    if value == "auto":
+        candidate = Path(config["manifest"]).parent / "ground_truth.json"
+        return str(candidate) if candidate.exists() else None
+    return value

@@ -2,15 +2,6 @@ TARGETS.append(str(LAYOUT.prepared_parquet()))
 TARGETS.append(str(LAYOUT.dedup_report()))
 
 
-def ground_truth_path():
-    """The planted duplicates to score against (config dedup.ground_truth), or None."""
-    value = config["dedup"]["ground_truth"]
-    if value == "auto":
-        candidate = Path(config["manifest"]).parent / "ground_truth.json"
-        return str(candidate) if candidate.exists() else None
-    return value
-
-
 rule dedup:
     """Exact and spatial duplicates across and within datasets, merged with provenance."""
     input:
