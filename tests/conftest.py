@@ -220,8 +220,9 @@ def chromium():
 @pytest.fixture
 def jupyterlab(tmp_path):
     """A JupyterLab server on 127.0.0.1 in this environment (project kernel, the maps'
-    assets registered by the set-up script), serving ``tmp_path``; yields (base URL with
-    token, root folder). Stopped after the test."""
+    assets registered by the set-up script), serving ``tmp_path / "lab"`` with its own
+    settings and workspaces (never the user's); yields (base URL, token, root folder).
+    Stopped after the test."""
     import secrets
     import time
     import urllib.request
@@ -230,10 +231,16 @@ def jupyterlab(tmp_path):
     port = free_port()
     root = tmp_path / "lab"
     root.mkdir()
+    settings = tmp_path / "lab-settings"
+    # no "get notified about Jupyter news?" toast over the notebook
+    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True)
+    notification.write_text('{"fetchNews": "false"}')
     cmd = [
         str(Path(sys.executable).with_name("jupyter")), "lab", "--no-browser", "--allow-root",
         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.root_dir={root}",
         f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0", "--LabApp.news_url=",
+        f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={tmp_path / 'lab-workspaces'}",
     ]
     log = open(tmp_path / "jupyterlab.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)

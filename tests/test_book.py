@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pvlake import book
+from pvlake import book, maps
 from pvlake.layout import Layout
 from pvlake.manifest import active_datasets, load_manifest
 
@@ -75,6 +75,8 @@ def test_sample_book_has_a_chapter_per_stage_and_dataset(sample_book, sample_run
         page = (sample_book / f"harmonize-{spec.name}.html").read_text()
         # the executed notebook, with its map's widget state embedded, not re-executed
         assert "application/vnd.jupyter.widget-state+json" in page
+        # but not lonboard's 3.4 MB module: the book serves that once, from _static/pvlake/
+        assert maps.LONBOARD_MODULE in page and len(page) < 1_000_000
         assert json.loads((sample_run / "staging" / f"{spec.name}.report.json").read_text())["rows_written"] > 0
     assert "harmonize" in (sample_book / "harmonize.html").read_text().lower()
     source = sample_book.parent / "source"
@@ -88,7 +90,8 @@ def test_sample_book_loads_nothing_from_the_internet(sample_book):
         for url in re.findall(r'<(?:script|link|img)[^>]+(?:src|href)="([^"]+)"', html):
             assert not re.match(r"(https?:)?//", url), f"{page.name} loads {url}"
     for asset in ["require.js", "anywidget.js", "@jupyter-widgets/html-manager/dist/embed-amd.js",
-                  "mathjax/tex-mml-chtml.js", "pvlake/parquet_wasm_bg.wasm", "pvlake/earcut-worker.min.js"]:
+                  "mathjax/tex-mml-chtml.js", "pvlake/parquet_wasm_bg.wasm", "pvlake/earcut-worker.min.js",
+                  f"pvlake/{maps.LONBOARD_MODULE}", "favicon.svg"]:
         assert (sample_book / "_static" / asset).is_file(), asset
 
 

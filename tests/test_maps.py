@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -34,19 +38,30 @@ def installations(n_points: int, n_polygons: int) -> gpd.GeoDataFrame:
     }, geometry=np.r_[points, boxes], crs="EPSG:4326")
 
 
-def test_offline_esm_points_lonboard_at_local_assets():
-    esm = maps.OfflineMap._esm
+def test_offline_module_points_lonboard_at_the_assets_next_to_it():
+    esm = maps.LONBOARD_ESM
     assert "cdn.jsdelivr.net/npm/parquet-wasm" not in esm
     assert "geoarrow-js@0.3.0/dist/earcut-worker" not in esm
     assert "${__pvlake_assets__}parquet_wasm_bg.wasm" in esm
     assert '__pvlake_assets__+"earcut-worker.min.js"' in esm
-    assert esm.startswith("const __pvlake_assets__")
+    assert esm.startswith('const __pvlake_assets__ = new URL("./", import.meta.url).href;')
     assert set(maps.RUNTIME_ASSETS) == {"parquet_wasm_bg.wasm", "earcut-worker.min.js"}
+    assert re.fullmatch(rf"lonboard-{re.escape(lonboard.__version__)}-[0-9a-f]{{12}}\.js", maps.LONBOARD_MODULE)
 
 
-def test_offline_esm_refuses_a_bundle_it_does_not_know():
+def test_map_widget_state_carries_a_loader_not_lonboards_module():
+    esm = maps.OfflineMap._esm
+    assert len(esm) < 1000  # lonboard's module is 3.4 MB
+    assert f'const lonboard = import(__pvlake_assets__ + "{maps.LONBOARD_MODULE}");' in esm
+    # the model is ready at once (anywidget allows 2 s); only render waits for the module
+    assert esm.count("await") == 1 and "return (await lonboard).default.render(context);" in esm
+    m = maps.installations_map(installations(3, 3))
+    assert m.map.get_state()["_esm"] == esm
+
+
+def test_offline_module_refuses_a_bundle_it_does_not_know():
     with pytest.raises(RuntimeError, match="expected one CDN URL"):
-        maps.offline_esm("console.log('another lonboard')")
+        maps.offline_module("console.log('another lonboard')")
 
 
 def test_categorical_colors_one_colour_per_value_and_grey_for_missing():
@@ -123,14 +138,27 @@ def test_installations_map_rejects_bad_input():
         maps.installations_map(lines)
 
 
-def test_install_jupyter_assets_registers_a_static_path(tmp_path):
-    folder = maps.install_jupyter_assets(NODE_MODULES, prefix=tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(maps.RUNTIME_ASSETS)
+def test_install_jupyter_assets_registers_a_static_path_the_server_reads(tmp_path):
+    config_file = tmp_path / "etc/jupyter/jupyter_server_config.json"
+    config_file.parent.mkdir(parents=True)
+    config_file.write_text(json.dumps({"ServerApp": {"extra_static_paths": ["/elsewhere"]}, "Other": {"x": 1}}))
+    (tmp_path / "share/pvlake/static/pvlake").mkdir(parents=True)
+    (tmp_path / "share/pvlake/static/pvlake/lonboard-old.js").write_text("stale")
+    for _ in range(2):  # idempotent
+        folder = maps.install_jupyter_assets(NODE_MODULES, prefix=tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*maps.RUNTIME_ASSETS, maps.LONBOARD_MODULE])
     assert (folder / "parquet_wasm_bg.wasm").read_bytes()[:4] == b"\0asm"
-    config = json.loads((tmp_path / "etc/jupyter/jupyter_server_config.d/pvlake.json").read_text())
-    assert config["ServerApp"]["extra_static_paths"] == [str(folder.parent.resolve())]
+    assert (folder / maps.LONBOARD_MODULE).read_text() == maps.LONBOARD_ESM
+    config = json.loads(config_file.read_text())
+    assert config["Other"] == {"x": 1}
+    assert config["ServerApp"]["extra_static_paths"] == ["/elsewhere", str(folder.parent)]
+    # the setting reaches a Jupyter server that reads this environment's configuration
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "nowhere"), "JUPYTER_CONFIG_PATH": str(config_file.parent)}
+    shown = subprocess.run([sys.executable, "-m", "jupyter_server", "--show-config-json"],
+                           capture_output=True, text=True, check=True, env=env)
+    assert str(folder.parent) in json.loads(shown.stdout)["ServerApp"]["extra_static_paths"]
 
 
-def test_copy_runtime_assets_says_what_to_run_when_npm_packages_are_missing(tmp_path):
+def test_write_runtime_assets_says_what_to_run_when_npm_packages_are_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="setup.sh"):
-        maps.copy_runtime_assets(tmp_path / "node_modules", tmp_path / "out")
+        maps.write_runtime_assets(tmp_path / "node_modules", tmp_path / "out")

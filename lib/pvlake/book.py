@@ -10,6 +10,8 @@ The HTML is self-contained: the scripts a page would fetch from CDNs (require.js
 widget manager, anywidget, MathJax, lonboard's run-time assets) come from npm packages
 pinned in ``book/package-lock.json`` and are copied into the book's ``_static`` folder
 (:data:`NPM_ASSETS`), so the book works from any static file server with no internet.
+lonboard's own module is served once from there too (:mod:`pvlake.maps`), not embedded
+in every page with a map.
 
 Run by the ``book`` rule::
 
@@ -38,7 +40,7 @@ from . import __version__
 from .harmonize import SCHEMA, SCHEMA_DOC, dataset_root
 from .layout import Layout
 from .manifest import DatasetSpec, active_datasets, load_manifest
-from .maps import ASSET_FOLDER, RUNTIME_ASSETS
+from .maps import ASSET_FOLDER, write_runtime_assets
 from .sources import find_label_files
 
 STAGE_ORDER = ("download", "harmonize", "dedup", "context", "energy", "cubes", "lake")
@@ -56,10 +58,10 @@ NPM_ASSETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "@jupyter-widgets": ("@jupyter-widgets/html-manager/dist", WIDGET_FONTS),
     "mathjax": ("mathjax/es5", ("tex-mml-chtml.js", "output/chtml/fonts/woff-v2/*", "input/tex/extensions/**/*",
                                 "a11y/*", "sre/**/*", "ui/*")),
-    **{f"{ASSET_FOLDER}/{name}": (relpath, ()) for name, relpath in RUNTIME_ASSETS.items()},
 }
 """Files under the book's ``_static``: destination -> (path in node_modules, glob patterns
-of the files to take when it is a folder)."""
+of the files to take when it is a folder). The maps' assets are written by
+:func:`pvlake.maps.write_runtime_assets` into ``_static/pvlake/``."""
 
 DOI_PREFIXES = ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "doi:")
 
@@ -419,6 +421,7 @@ def assemble(
         encoding="utf-8",
     )
     copy_npm_assets(node_modules, source / "_vendor")
+    write_runtime_assets(node_modules, source / "_vendor" / ASSET_FOLDER)
     return chapters
 
 

@@ -6,16 +6,22 @@ per value) or a numeric one (a colour ramp), with a legend and hover tooltips. T
 go to the browser as GeoArrow (Parquet-encoded), never as GeoJSON, so hundreds of
 thousands of features stay responsive.
 
-lonboard's front end fetches two files from a CDN at run time (the parquet-wasm decoder
-and the polygon triangulation worker). :class:`OfflineMap` is lonboard's map with those
-URLs pointed at local copies (:data:`RUNTIME_ASSETS`): the book serves them from its
-``_static/pvlake/`` folder, JupyterLab from ``static/pvlake/`` (the set-up script runs
-``python -m pvlake.maps install-assets`` to register them with the Jupyter server).
+lonboard's front end is one 3.4 MB JavaScript module that fetches two more files from a
+CDN at run time (the parquet-wasm decoder and the polygon triangulation worker).
+:class:`OfflineMap` is lonboard's map with that module served by the page's own server
+instead of embedded in every map's widget state: its ``_esm`` is a loader of a few lines
+(:func:`module_loader`) that imports the module (:data:`LONBOARD_MODULE`, lonboard's
+module with the two CDN URLs pointed next to itself) from the folder that also holds the
+two files (:data:`RUNTIME_ASSETS`): the book's ``_static/pvlake/``, or JupyterLab's
+``static/pvlake/`` (the set-up script runs ``python -m pvlake.maps install-assets`` to
+register it with the Jupyter server). A page then compiles the module once, however many
+maps it shows, and a browser caches it across pages.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import json
 import re
@@ -41,10 +47,12 @@ RUNTIME_ASSETS: dict[str, str] = {
 (versions pinned in book/package-lock.json: parquet-wasm 0.7.1, @geoarrow/geoarrow-js 0.3.0)."""
 
 ASSET_FOLDER = "pvlake"
-"""Folder of :data:`RUNTIME_ASSETS` under the book's ``_static`` and Jupyter's ``static``."""
+"""Folder of :data:`RUNTIME_ASSETS` and :data:`LONBOARD_MODULE` under the book's ``_static``
+and Jupyter's ``static``."""
 
 # Where the assets are, decided in the browser: a Jupyter page carries its server's base
 # URL in #jupyter-config-data; a Sphinx page its root (relative) in data-content_root.
+# (The loader runs from a blob: URL, which relative URLs cannot be resolved against.)
 _ASSET_BASE_JS = f"""const __pvlake_assets__ = (() => {{
   const jupyter = document.getElementById("jupyter-config-data");
   if (jupyter) {{
@@ -55,6 +63,9 @@ _ASSET_BASE_JS = f"""const __pvlake_assets__ = (() => {{
   return new URL(root + "_static/{ASSET_FOLDER}/", document.baseURI).href;
 }})();
 """
+
+# lonboard's module, served from the asset folder, finds the other assets next to itself
+_MODULE_BASE_JS = 'const __pvlake_assets__ = new URL("./", import.meta.url).href;\n'
 
 _CDN_REWRITES: tuple[tuple[re.Pattern, str], ...] = (
     # inside a template literal: `https://cdn.jsdelivr.net/npm/parquet-wasm@${v}/esm/...`
@@ -78,8 +89,8 @@ DEFAULT_TOOLTIP = ("pv_id", "dataset", "source_id", "geom_type", "area_m2", "cap
 """Columns shown when hovering a feature, where the data have them."""
 
 
-def offline_esm(esm: str) -> str:
-    """lonboard's front-end module with its CDN fetches redirected to local assets.
+def offline_module(esm: str) -> str:
+    """lonboard's front-end module with its CDN fetches redirected next to the module file.
 
     Parameters
     ----------
@@ -89,7 +100,7 @@ def offline_esm(esm: str) -> str:
     Returns
     -------
     str
-        The module, prefixed with the asset-base resolver.
+        The module, prefixed with the resolver of its own folder (``import.meta.url``).
 
     Raises
     ------
@@ -103,13 +114,41 @@ def offline_esm(esm: str) -> str:
                 f"lonboard {lonboard.__version__}: expected one CDN URL matching {pattern.pattern!r}, found {n};"
                 " pvlake.maps supports the lonboard version pinned in pyproject.toml"
             )
-    return _ASSET_BASE_JS + esm
+    return _MODULE_BASE_JS + esm
+
+
+def module_loader(module_name: str) -> str:
+    """The ``_esm`` of a map: a widget whose ``render`` is lonboard's, from the asset folder.
+
+    The module is imported by URL, so a page evaluates it once however many maps it shows
+    and the browser caches it, where an embedded module would be parsed, compiled and run
+    (parquet-wasm instantiated) again for each map. The import starts with the model but
+    only ``render`` waits for it: anywidget rejects a model whose widget has not loaded
+    and initialised 2 s after the model was created ("[anywidget] Failed to initialize
+    model."), and lonboard's module takes ~1 s to load on an idle 2-core machine, several
+    under load; a view has no such deadline. lonboard 0.16's widget has only ``render``.
+    """
+    return _ASSET_BASE_JS + f"""const lonboard = import(__pvlake_assets__ + "{module_name}");
+export default {{
+  async render(context) {{
+    return (await lonboard).default.render(context);
+  }},
+}};
+"""
+
+
+LONBOARD_ESM = offline_module((Path(lonboard.__file__).parent / "static" / "index.js").read_text(encoding="utf-8"))
+"""lonboard's module as the asset folder serves it (CDN URLs rewritten)."""
+
+LONBOARD_MODULE = f"lonboard-{lonboard.__version__}-{hashlib.sha256(LONBOARD_ESM.encode()).hexdigest()[:12]}.js"
+"""File name of :data:`LONBOARD_ESM` in the asset folder; the content hash in it keeps a
+page from loading the module of another lonboard or pvlake version."""
 
 
 class OfflineMap(lonboard.Map):
-    """A lonboard map that loads its run-time assets from the page's own server."""
+    """A lonboard map that loads its front end and run-time assets from the page's own server."""
 
-    _esm = offline_esm((Path(lonboard.__file__).parent / "static" / "index.js").read_text(encoding="utf-8"))
+    _esm = module_loader(LONBOARD_MODULE)
 
 
 def _css_rgba(rgba: Sequence[int]) -> str:
@@ -363,41 +402,52 @@ def read_lake_installations(con, table: str = "prepared.pv_installations") -> gp
 
 
 def install_jupyter_assets(node_modules: str | Path, prefix: str | Path = sys.prefix) -> Path:
-    """Copy :data:`RUNTIME_ASSETS` into an environment and let its Jupyter server serve them.
+    """Write the maps' assets into an environment and let its Jupyter server serve them.
 
-    The files land in ``<prefix>/share/pvlake/static/pvlake/``, and
-    ``<prefix>/etc/jupyter/jupyter_server_config.d/pvlake.json`` adds that folder to the
-    server's ``extra_static_paths``, so a map in JupyterLab loads them from
-    ``<base_url>/static/pvlake/``.
+    The files land in ``<prefix>/share/pvlake/static/pvlake/``, and that folder's parent
+    joins ``ServerApp.extra_static_paths`` in ``<prefix>/etc/jupyter/jupyter_server_config.json``
+    (merged into the file's other settings), so a map in JupyterLab loads them from
+    ``<base_url>/static/pvlake/``. (Only ``jpserver_extensions`` is read from the
+    ``jupyter_server_config.d/`` folder, so the setting cannot go there.)
 
     Returns
     -------
     pathlib.Path
-        The folder the files were copied to.
+        The folder the files were written to.
     """
-    static = Path(prefix) / "share" / "pvlake" / "static"
-    copy_runtime_assets(node_modules, static / ASSET_FOLDER)
-    config = Path(prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "pvlake.json"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps({"ServerApp": {"extra_static_paths": [str(static.resolve())]}}, indent=2) + "\n")
+    static = (Path(prefix) / "share" / "pvlake" / "static").resolve()
+    write_runtime_assets(node_modules, static / ASSET_FOLDER)
+    config_file = Path(prefix) / "etc" / "jupyter" / "jupyter_server_config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    paths = config.setdefault("ServerApp", {}).setdefault("extra_static_paths", [])
+    if str(static) not in paths:
+        paths.append(str(static))
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
     return static / ASSET_FOLDER
 
 
-def copy_runtime_assets(node_modules: str | Path, dest: str | Path) -> None:
-    """Copy :data:`RUNTIME_ASSETS` from an npm ``node_modules`` folder into ``dest``.
+def write_runtime_assets(node_modules: str | Path, dest: str | Path) -> None:
+    """Fill ``dest`` (emptied first) with :data:`LONBOARD_MODULE` and :data:`RUNTIME_ASSETS`
+    (copied from an npm ``node_modules`` folder).
 
     Raises
     ------
     FileNotFoundError
         When a file is missing (npm packages not installed: run the set-up script).
     """
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, relpath in RUNTIME_ASSETS.items():
-        source = Path(node_modules) / relpath
+    sources = {name: Path(node_modules) / relpath for name, relpath in RUNTIME_ASSETS.items()}
+    for source in sources.values():
         if not source.is_file():
             raise FileNotFoundError(f"{source} missing: run `bash workflow/scripts/setup.sh` (npm ci in book/)")
+    dest = Path(dest)
+    # modules of earlier lonboard versions would only pile up
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name, source in sources.items():
         shutil.copyfile(source, dest / name)
+    (dest / LONBOARD_MODULE).write_text(LONBOARD_ESM, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

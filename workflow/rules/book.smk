@@ -5,7 +5,7 @@
 # Executed notebooks are their rules' logs, which cannot be inputs: the book depends on
 # the stage outputs, which are rewritten together with their notebooks.
 BOOK_STAGE_OUTPUTS = list(TARGETS)
-BOOK_SOURCES = sorted(str(p) for p in [*Path("book").glob("*.yml"), *Path("book").glob("*.md")] if p.name != "README.md")
+BOOK_SOURCES = sorted(str(p) for ext in ("yml", "md", "svg") for p in Path("book").glob(f"*.{ext}") if p.name != "README.md")
 BOOK_HTML = str(Path(config["book_dir"]) / "html" / "index.html")
 TARGETS.append(BOOK_HTML)
 

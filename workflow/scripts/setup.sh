@@ -25,7 +25,12 @@ fi
 
 # --- book and maps: browser scripts from the npm registry (pinned in book/package-lock.json),
 # served by the book's own _static and by the Jupyter server instead of CDNs (offline) ---
-command -v npm >/dev/null || { echo "setup: npm (Node.js 20) is required for the book's assets" >&2; exit 1; }
+if ! command -v npm >/dev/null; then
+  command -v apt-get >/dev/null || { echo "setup: npm (Node.js >= 18) is required for the book's assets" >&2; exit 1; }
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
 npm ci --prefix book --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null
 .venv/bin/python -m pvlake.maps install-assets book/node_modules >/dev/null
 # --- end book ---
