@@ -25,9 +25,10 @@ rule book:
         str(LAYOUT.log("book", "book")),
     params:
         python=PYTHON,
-        book_dir=config["book_dir"],
+        data_dir=config["data_dir"],
+        book_dir=lambda wc, output: str(Path(output.html).parent.parent),
         config=json.dumps(config, sort_keys=True),
     shell:
-        "{params.python} -m pvlake.book --data-dir {config[data_dir]:q} --manifest {input.manifest:q}"
+        "{params.python} -m pvlake.book --data-dir {params.data_dir:q} --manifest {input.manifest:q}"
         " --book-dir {params.book_dir:q} --template book --node-modules book/node_modules"
         " --lock {input.lock:q} --config {params.config:q} > {log:q} 2>&1"
