@@ -23,7 +23,6 @@ Run by the ``book`` rule::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ import yaml
 
 from . import __version__
 from .harmonize import SCHEMA, SCHEMA_DOC, dataset_root
+from .io import sha256_file
 from .layout import Layout
 from .manifest import DatasetSpec, active_datasets, load_manifest
 from .maps import ASSET_FOLDER, write_runtime_assets
@@ -64,15 +64,6 @@ of the files to take when it is a folder). The maps' assets are written by
 :func:`pvlake.maps.write_runtime_assets` into ``_static/pvlake/``."""
 
 DOI_PREFIXES = ("https://doi.org/", "http://doi.org/", "https://dx.doi.org/", "doi:")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def normalize_doi(value: str | None) -> str | None:

@@ -43,7 +43,7 @@ import shapely
 from tqdm import tqdm
 
 from .harmonize import dataset_root
-from .io import write_json
+from .io import sha256_file, write_json
 from .layout import Layout
 from .manifest import DatasetSpec
 from .sources import SourceFrame, find_label_files, read_labels
@@ -279,15 +279,6 @@ def connect_lake(data_dir: str | Path = "data", **location) -> duckdb.DuckDBPyCo
     return open_lake(Layout(data_dir), read_only=True, **location)
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class LakeTable:
     """One table of the lake and how to build it from its input.
@@ -332,7 +323,7 @@ def _load_parquet(path: Path, con: duckdb.DuckDBPyConnection, target: str) -> No
 def parquet_table(layer: str, name: str, path: str | Path, comment: str) -> LakeTable:
     """A lake table copied from an EPSG:4326 GeoParquet file (staging, prepared)."""
     path = Path(path)
-    return LakeTable(layer, name, file_sha256(path), comment, WGS84_COMMENT, partial(_load_parquet, path))
+    return LakeTable(layer, name, sha256_file(path), comment, WGS84_COMMENT, partial(_load_parquet, path))
 
 
 def staging_table(layout: Layout, dataset: str) -> LakeTable:
@@ -441,7 +432,7 @@ def raw_table(spec: DatasetSpec, layout: Layout, progress: bool = True) -> LakeT
         When the dataset's files cannot be listed.
     """
     files = find_label_files(spec, dataset_root(spec, layout))
-    hashes = {path: file_sha256(path) for path in sorted({lf.path for lf in files})}
+    hashes = {path: sha256_file(path) for path in sorted({lf.path for lf in files})}
     digest = hashlib.sha256(spec.fingerprint.encode())
     for lf in files:
         digest.update(f"\n{lf.source_file}\t{hashes[lf.path]}".encode())
