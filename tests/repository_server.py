@@ -225,7 +225,6 @@ class RepositoryServer:
 
     def zenodo(self, record_id: int, files: dict[str, bytes], version: str = "1.0") -> dict:
         """A Zenodo record (the REST API's list-of-files answer), files at their content links."""
-        api = self.endpoints().zenodo
         entries = []
         for name, data in files.items():
             path = f"/zenodo/api/records/{record_id}/files/{name}/content"

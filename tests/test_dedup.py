@@ -24,7 +24,7 @@ from pvlake.dedup import (
 from pvlake.harmonize import SCHEMA, finalize, harmonize_dataset
 from pvlake.manifest import active_datasets, load_manifest, parse_entry
 
-M_PER_DEG = 111_320.0
+from pvlake.dedup import M_PER_DEG  # noqa: E402 (one definition of the local scale)
 
 
 def staging_of(records: list[dict]) -> gpd.GeoDataFrame:

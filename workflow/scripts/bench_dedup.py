@@ -31,13 +31,14 @@ import shapely
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pvlake.dedup import M_PER_DEG
+
 REGIONS = {  # name: (lon, lat, spread in degrees)
     "greensboro": (-79.79, 36.07, 1.0), "miami": (-80.19, 25.76, 0.8), "fresno": (-119.79, 36.74, 1.0),
     "london": (-0.12, 51.51, 1.5), "cornwall": (-5.05, 50.26, 1.0), "rajasthan": (72.0, 27.0, 3.0),
     "jiangsu": (119.5, 32.5, 2.0), "qinghai": (95.0, 36.5, 3.0),
 }
 DUPLICATE_SHARE = 0.15
-M_PER_DEG = 111_320.0
 
 
 def _rects(rng, lon, lat, size_m, aspect, theta) -> np.ndarray:
