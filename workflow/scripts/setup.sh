@@ -44,6 +44,13 @@ if [ "${1:-}" = "--test" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null
   fi
   # --- end lake ---
+  # --- stac: PostGIS for the pgstac-backed local STAC API of tests/test_stac_api.py ---
+  if ! ls /usr/share/postgresql/15/extension/postgis.control >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql-15-postgis-3 >/dev/null
+  fi
+  # --- end stac ---
   # --- book: headless Chromium for the browser tests (tests/test_book_browser.py) ---
   if ! command -v chromium >/dev/null; then
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
