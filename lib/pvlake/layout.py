@@ -54,6 +54,30 @@ class Layout:
         """JSON report of the dedup stage (pairs per rule, clusters, overlaps, scores)."""
         return self.data_dir / "prepared" / "dedup_report.json"
 
+    def stac_dir(self) -> Path:
+        """The STAC stage's outputs: the catalogue of scenes found and their assignment."""
+        return self.data_dir / "stac"
+
+    def stac_items(self) -> Path:
+        """Every STAC item found, once, as stac-geoparquet."""
+        return self.stac_dir() / "items.parquet"
+
+    def stac_matches(self) -> Path:
+        """The scenes selected for each installation (Parquet)."""
+        return self.stac_dir() / "matches.parquet"
+
+    def stac_skipped(self) -> Path:
+        """Installations without a usable scene and why (Parquet)."""
+        return self.stac_dir() / "skipped.parquet"
+
+    def stac_report(self) -> Path:
+        """JSON report of the STAC search: requests, cache hits, items, skipped."""
+        return self.stac_dir() / "search_report.json"
+
+    def stac_cache(self) -> Path:
+        """Answers of catalogue requests, one file per request key (kept across runs)."""
+        return self.data_dir / "cache" / "stac"
+
     def lake_dir(self) -> Path:
         """The DuckLake lakehouse: catalog plus its data files."""
         return self.data_dir / "lake"

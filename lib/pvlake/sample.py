@@ -9,6 +9,9 @@ so the energy and imagery stages see real locations. Every planted quirk and
 duplicate is listed in ``ground_truth.json``; ``manifest.json`` describes the
 sample in the upstream manifest format.
 
+``stac/`` holds a Sentinel-2-like static STAC catalogue over the sites
+(:mod:`pvlake.sample_stac`), searched offline by the STAC stage.
+
 Run ``python -m pvlake.sample data/sample`` to regenerate the committed files.
 
 References
@@ -50,6 +53,8 @@ from pyproj import Transformer
 from shapely import affinity
 from shapely.geometry import MultiPolygon, Point, Polygon, box, mapping
 from shapely.geometry.base import BaseGeometry
+
+from .sample_stac import write_sample_catalog
 
 DEFAULT_SEED = 20261125
 
@@ -1089,7 +1094,17 @@ def write_sample(out_dir: Path | str, seed: int = DEFAULT_SEED) -> dict[str, Any
     truth = ground_truth(s)
     write_json(out_dir / "manifest.json", manifest(s))
     write_json(out_dir / "ground_truth.json", truth)
+    write_sample_catalog(selected_geometries(s), PLACES, out_dir / "stac", seed)
     return truth
+
+
+def selected_geometries(s: Sample) -> list[BaseGeometry]:
+    """Every non-empty geometry of the files the manifest selects: what the STAC
+    sample catalogue must cover."""
+    return [
+        row.geometry for key, rows in s.files.items() if key not in UNSELECTED
+        for row in rows if row.geometry is not None and not row.geometry.is_empty
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

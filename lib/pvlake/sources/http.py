@@ -132,6 +132,7 @@ def http_session(
     attempts: int = ATTEMPTS,
     timeout_s: tuple[float, float] = TIMEOUT_S,
     pool_size: int = POOL_SIZE,
+    retry_methods: frozenset[str] = frozenset({"GET", "HEAD"}),
 ) -> requests.Session:
     """A session with the project's User-Agent, timeouts, retries and per-host tokens.
 
@@ -146,12 +147,15 @@ def http_session(
         Seconds to connect, and to wait for the next bytes of an answer.
     pool_size : int
         Connections kept per host: at least the number of threads sharing the session.
+    retry_methods : frozenset of str
+        Methods that are retried; only those that do not change anything on the server
+        (a STAC API ``POST /search`` is a query, so the STAC stage adds ``POST``).
     """
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     retry = Retry(
         total=attempts - 1, backoff_factor=BACKOFF_S, status_forcelist=RETRY_STATUSES,
-        allowed_methods={"GET", "HEAD"}, respect_retry_after_header=True, raise_on_status=False,
+        allowed_methods=retry_methods, respect_retry_after_header=True, raise_on_status=False,
     )
     adapter = TimeoutAdapter(timeout_s, max_retries=retry, pool_maxsize=pool_size)
     session.mount("http://", adapter)
