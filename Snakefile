@@ -9,9 +9,17 @@ configfile: "workflow/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+# Lake tables that stages publish (layer, name, file, CRS), appended by their rule
+# files; the lake rule publishes the list as it is (pvlake.lake.declared_table).
+LAKE_TABLES = []
+
+
 include: "workflow/rules/download.smk"
 include: "workflow/rules/harmonize.smk"
 include: "workflow/rules/dedup.smk"
+include: "workflow/rules/stac.smk"
 include: "workflow/rules/lake.smk"
 # Last: the book renders every stage included above.
 include: "workflow/rules/book.smk"

@@ -13,7 +13,11 @@ the pipeline's layers:
   attributes, geometry in the source CRS, ``source_crs``, ``crs_from``, ``source_file``,
   ``source_row``);
 - ``staging``: one table per dataset, its harmonized GeoParquet;
-- ``prepared``: ``pv_installations``, the de-duplicated installations.
+- ``prepared``: ``pv_installations``, the de-duplicated installations;
+- any layer a later stage declares (:func:`declared_table`): the STAC stage's ``stac``
+  tables, for instance. A stage's rule file lists the tables it publishes (layer, name,
+  Parquet file, CRS) and the ``lake`` rule passes the list on, so this module knows no
+  stage.
 
 :func:`publish` rewrites only the tables whose input changed, all in one transaction,
 so one publish is one DuckLake snapshot (time travel: ``AT (VERSION => n)``) and a
@@ -54,6 +58,9 @@ EXTENSION_PACKAGES = {
     "httpfs": "duckdb_extension_httpfs",
     "sqlite_scanner": "duckdb_extension_sqlite_scanner",
     "postgres_scanner": "duckdb_extension_postgres_scanner",
+    # rustac's embedded DuckDB loads these two besides spatial (pvlake.stac.rustac_client)
+    "icu": "duckdb_extension_icu",
+    "parquet": "duckdb_extension_parquet",
     # Not in the lock file: only a MotherDuck-hosted catalog needs it (see README).
     "motherduck": "duckdb_extension_motherduck",
 }
@@ -62,6 +69,10 @@ LAKE = "lake"
 """Name the lake is attached under: tables are ``lake.<layer>.<table>``."""
 
 LAYERS = ("raw", "staging", "prepared")
+"""The layers this module builds itself, in pipeline order; stages declare further
+ones (:func:`declared_table`). Every schema of the lake but DuckDB's ``main`` is a layer."""
+
+SYSTEM_SCHEMAS = ("main",)
 
 PUBLISH_AUTHOR = "pvlake"
 PUBLISH_MESSAGE = "publish"
@@ -294,8 +305,9 @@ class LakeTable:
         it differs from the one recorded at its last publish.
     comment : str
         What the table holds (kept in the catalog as the table comment).
-    geometry_comment : str
-        The CRS of its ``geometry`` column (DuckLake keeps none).
+    geometry_comment : str or None
+        The CRS of its ``geometry`` column (DuckLake keeps none); None for a table
+        without geometry.
     build : callable
         ``build(con, target)`` creates or replaces the table named ``target``.
     """
@@ -304,7 +316,7 @@ class LakeTable:
     name: str
     fingerprint: str
     comment: str
-    geometry_comment: str
+    geometry_comment: str | None
     build: Callable[[duckdb.DuckDBPyConnection, str], None]
 
     @property
@@ -313,17 +325,46 @@ class LakeTable:
         return f"{self.layer}.{self.name}"
 
 
-def _load_parquet(path: Path, con: duckdb.DuckDBPyConnection, target: str) -> None:
+def _load_parquet(path: Path, con: duckdb.DuckDBPyConnection, target: str, exclude: tuple[str, ...] = ("bbox",)) -> None:
     # GeoParquet 1.1's bbox covering column only repeats the geometry's extent for readers
     # of the file; in the lake it would be one more column to keep in sync.
-    exclude = " EXCLUDE (bbox)" if "bbox" in pq.read_schema(path).names else ""
-    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT *{exclude} FROM read_parquet({sql_literal(path)})")
+    names = pq.read_schema(path).names
+    dropped = ", ".join(sql_identifier(c) for c in exclude if c in names)
+    select = f"* EXCLUDE ({dropped})" if dropped else "*"
+    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT {select} FROM read_parquet({sql_literal(path)})")
 
 
 def parquet_table(layer: str, name: str, path: str | Path, comment: str) -> LakeTable:
     """A lake table copied from an EPSG:4326 GeoParquet file (staging, prepared)."""
     path = Path(path)
     return LakeTable(layer, name, sha256_file(path), comment, WGS84_COMMENT, partial(_load_parquet, path))
+
+
+def declared_table(entry: Mapping) -> LakeTable:
+    """A lake table as a stage's rule file declares it.
+
+    Parameters
+    ----------
+    entry : mapping
+        ``layer`` (schema), ``name``, ``path`` (the Parquet or GeoParquet file the
+        table copies), ``crs`` of its ``geometry`` column (e.g. ``EPSG:4326``; null for a
+        table without geometry), ``comment``, and optionally ``exclude`` (columns left
+        out; none by default: a stac-geoparquet ``bbox`` is an item field, not only a
+        covering).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file is missing.
+    """
+    path = Path(entry["path"])
+    if not path.exists():
+        raise FileNotFoundError(f"lake table {entry['layer']}.{entry['name']}: {path} does not exist")
+    crs = entry.get("crs")
+    geometry_comment = f"{crs}; DuckLake keeps no CRS on GEOMETRY columns" if crs else None
+    exclude = tuple(entry.get("exclude") or ())
+    return LakeTable(entry["layer"], entry["name"], sha256_file(path), entry["comment"], geometry_comment,
+                     partial(_load_parquet, path, exclude=exclude))
 
 
 def staging_table(layout: Layout, dataset: str) -> LakeTable:
@@ -444,13 +485,17 @@ def raw_table(spec: DatasetSpec, layout: Layout, progress: bool = True) -> LakeT
                      partial(_load_raw, spec, files, progress))
 
 
-def pipeline_tables(layout: Layout, specs: Iterable[DatasetSpec], progress: bool = True) -> list[LakeTable]:
-    """Every table of the pipeline's lake: raw and staging per dataset, then prepared."""
+def pipeline_tables(
+    layout: Layout, specs: Iterable[DatasetSpec], progress: bool = True, declared: Iterable[Mapping] = ()
+) -> list[LakeTable]:
+    """Every table of the pipeline's lake: raw and staging per dataset, prepared, then the
+    tables later stages declare (:func:`declared_table`)."""
     tables = []
     for spec in specs:
         tables.append(raw_table(spec, layout, progress))
         tables.append(staging_table(layout, spec.name))
     tables.append(prepared_table(layout))
+    tables += [declared_table(entry) for entry in declared]
     return tables
 
 
@@ -470,8 +515,8 @@ def lake_tables(con: duckdb.DuckDBPyConnection, alias: str = LAKE) -> list[str]:
     """``<layer>.<table>`` of every table now in the lake's layer schemas, sorted."""
     rows = con.execute(
         "SELECT schema_name || '.' || table_name FROM duckdb_tables() "
-        "WHERE database_name = ? AND list_contains(?, schema_name) ORDER BY 1",
-        [alias, list(LAYERS)],
+        "WHERE database_name = ? AND NOT list_contains(?, schema_name) ORDER BY 1",
+        [alias, list(SYSTEM_SCHEMAS)],
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -480,7 +525,8 @@ def _write(con: duckdb.DuckDBPyConnection, table: LakeTable, alias: str) -> int:
     target = f"{alias}.{sql_identifier(table.layer)}.{sql_identifier(table.name)}"
     table.build(con, target)
     con.execute(f"COMMENT ON TABLE {target} IS {sql_literal(table.comment)}")
-    con.execute(f"COMMENT ON COLUMN {target}.geometry IS {sql_literal(table.geometry_comment)}")
+    if table.geometry_comment is not None:
+        con.execute(f"COMMENT ON COLUMN {target}.geometry IS {sql_literal(table.geometry_comment)}")
     return con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
 
 
@@ -641,8 +687,8 @@ def tables_at(con: duckdb.DuckDBPyConnection, version: int, alias: str = LAKE) -
         f"JOIN {meta}.ducklake_schema s USING (schema_id) "
         "WHERE t.begin_snapshot <= $v AND (t.end_snapshot IS NULL OR t.end_snapshot > $v) "
         "AND s.begin_snapshot <= $v AND (s.end_snapshot IS NULL OR s.end_snapshot > $v) "
-        "AND list_contains($layers, s.schema_name) ORDER BY 1",
-        {"v": int(version), "layers": list(LAYERS)},
+        "AND NOT list_contains($system, s.schema_name) ORDER BY 1",
+        {"v": int(version), "system": list(SYSTEM_SCHEMAS)},
     ).fetchall()
     return [r[0] for r in rows]
 
@@ -680,12 +726,16 @@ def compare_versions(con: duckdb.DuckDBPyConnection, version: int, alias: str = 
 def row_changes(con: duckdb.DuckDBPyConnection, table: str, version: int, alias: str = LAKE) -> dict[str, int]:
     """Rows of ``table`` (``<layer>.<name>``) added and removed since snapshot ``version``.
 
-    Compares whole rows (geometry as WKB) between ``AT (VERSION => version)`` and now, so
+    Compares whole rows (geometry, where the table has one, as WKB) between ``AT (VERSION => version)`` and now, so
     it holds across a table being replaced, which DuckLake's change feed does not follow.
     """
     layer, name = table.split(".", 1)
     target = f"{alias}.{sql_identifier(layer)}.{sql_identifier(name)}"
-    rows = "SELECT * REPLACE (ST_AsWKB(geometry) AS geometry) FROM " + target
+    has_geometry = con.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE database_name = ? AND schema_name = ? AND table_name = ? "
+        "AND column_name = 'geometry'", [alias, layer, name],
+    ).fetchone()[0]
+    rows = ("SELECT * REPLACE (ST_AsWKB(geometry) AS geometry) FROM " if has_geometry else "SELECT * FROM ") + target
     then = f"{rows} AT (VERSION => {int(version)})"
     added = con.execute(f"SELECT count(*) FROM ({rows} EXCEPT ALL {then})").fetchone()[0]
     removed = con.execute(f"SELECT count(*) FROM ({then} EXCEPT ALL {rows})").fetchone()[0]

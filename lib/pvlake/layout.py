@@ -78,6 +78,10 @@ class Layout:
         """Answers of catalogue requests, one file per request key (kept across runs)."""
         return self.data_dir / "cache" / "stac"
 
+    def rustac_extensions(self) -> Path:
+        """DuckDB extension folder for rustac's embedded DuckDB (links to the wheels' files)."""
+        return self.data_dir / "cache" / "rustac-duckdb"
+
     def lake_dir(self) -> Path:
         """The DuckLake lakehouse: catalog plus its data files."""
         return self.data_dir / "lake"

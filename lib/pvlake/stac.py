@@ -1119,3 +1119,35 @@ def sign_items(items: list[dict], spec: CatalogSpec) -> list[dict]:
 
     return [planetary_computer.sign(pystac.Item.from_dict(it, preserve_dict=True)).to_dict(transform_hrefs=False)
             for it in items]
+
+
+# ---------------------------------------------------------------- querying the catalogue
+
+
+RUSTAC_EXTENSIONS = ("spatial", "icu", "parquet")
+"""DuckDB extensions rustac's DuckDB client loads to read stac-geoparquet."""
+
+
+def rustac_client(extension_dir: str | Path):
+    """A ``rustac.DuckdbClient`` that never downloads anything.
+
+    rustac embeds its own DuckDB (1.5.5 in rustac 0.9.17, the version of the project's
+    extension wheels) and by default installs its extensions from the internet. Here
+    ``extension_dir`` gets links to the wheels' extension files in DuckDB's
+    ``<dir>/v<version>/<platform>/`` layout, and the client only loads them.
+    """
+    import duckdb
+    import rustac
+
+    from .lake import extension_path
+
+    platform = duckdb.execute("PRAGMA platform").fetchone()[0]
+    folder = Path(extension_dir) / f"v{duckdb.__version__}" / platform
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in RUSTAC_EXTENSIONS:
+        link = folder / f"{name}.duckdb_extension"
+        target = extension_path(name)
+        if not (link.is_symlink() and link.resolve() == target.resolve()):
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
+    return rustac.DuckdbClient(extension_directory=Path(extension_dir), install_extensions=False)

@@ -16,6 +16,8 @@ rule lake:
         staging=[str(LAYOUT.staging_parquet(d)) for d in DATASETS],
         reports=[str(LAYOUT.staging_report(d)) for d in DATASETS],
         prepared=str(LAYOUT.prepared_parquet()),
+        # the files of the tables later stages declare (LAKE_TABLES, see the Snakefile)
+        declared=[t["path"] for t in LAKE_TABLES],
     output:
         # Only the summary: Snakemake deletes a job's outputs before it runs, and the
         # catalog and data files must outlive every run (they hold the history).
@@ -33,7 +35,8 @@ rule lake:
             catalog=LAKE_CONFIG.get("catalog"),
             data_path=LAKE_CONFIG.get("data_path"),
             s3=LAKE_CONFIG.get("s3") or {},
+            tables=LAKE_TABLES,
         ),
     shell:
-        "{params.python} -m pvlake.notebook {input.notebook} {log.notebook}"
-        " --params {params.nb:q} --log {log.text}"
+        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        " --params {params.nb:q} --log {log.text:q}"
