@@ -61,19 +61,33 @@ def with_test_book_dir(args: tuple[str, ...]) -> list[str]:
     return args
 
 
-def snakemake(*args: str) -> subprocess.CompletedProcess:
+def snakemake(*args: str, python: str | Path = sys.executable, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Run the project's Snakemake workflow from the repository root (the book of a run
     with a data_dir goes next to it: :func:`with_test_book_dir`)."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), *with_test_book_dir(args)]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    cmd = [str(python), "-m", "snakemake", "-s", str(cwd / "Snakefile"), *with_test_book_dir(args)]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1200)
+
+
+def project_with_spaces(base: Path) -> Path:
+    """This project seen through a path with spaces (a symlink, ``<base>/my project``):
+    running its ``.venv`` Python from there puts spaces in the interpreter's path too."""
+    link = base / "my project"
+    if not link.exists():
+        link.symlink_to(ROOT, target_is_directory=True)
+    return link
 
 
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory) -> Path:
     """The default workflow run on the embedded sample, once per test session, in a
-    temporary data_dir (returned); its book is in :func:`sample_book`."""
-    data_dir = tmp_path_factory.mktemp("sample_run")
-    run = snakemake("-j8", "--config", f"data_dir={data_dir}")
+    temporary data_dir (returned); its book is in :func:`sample_book`.
+
+    Paths with spaces everywhere a user may have them: the data folder, the book folder,
+    the project and its ``.venv`` interpreter."""
+    base = tmp_path_factory.mktemp("sample run")
+    data_dir = base / "my data"
+    project = project_with_spaces(base)
+    run = snakemake("-j8", "--config", f"data_dir={data_dir}", python=project / ".venv" / "bin" / "python", cwd=project)
     assert run.returncode == 0, run.stderr[-4000:]
     return data_dir
 
@@ -266,3 +280,104 @@ def jupyterlab(tmp_path):
             proc.kill()
         log.close()
 # --- end book and maps ---
+
+
+# --- stac: a real local STAC API (pgstac in the throwaway PostgreSQL, stac-fastapi-pgstac) ---
+
+
+def sample_stac_items() -> tuple[dict, list[dict]]:
+    """The embedded sample catalogue's collection and items as JSON dicts, asset hrefs
+    absolute (as the STAC stage's static walk returns them)."""
+    from pvlake import stac
+
+    spec = stac.load_stac_manifest(ROOT / "workflow" / "manifests" / "stac_sample.json")["sample_sentinel_2"]
+    root = Path(spec.catalog_uri).parent
+    collection = json.loads((root / "sentinel-2-l2a" / "collection.json").read_text())
+    collection["links"] = []
+    items = [
+        stac.absolute_hrefs(json.loads(p.read_text()), str(p))
+        for p in sorted(root.glob("sentinel-2-l2a/*/*.json"))
+    ]
+    for item in items:
+        item["links"] = []
+    return collection, items
+
+
+@pytest.fixture(scope="session")
+def stac_api(postgres_server, tmp_path_factory):
+    """A STAC API on 127.0.0.1 serving the embedded sample catalogue, once per session:
+    a pgstac database (PostGIS from Debian's postgresql-15-postgis-3) on the throwaway
+    PostgreSQL server, loaded with pypgstac, served by stac-fastapi-pgstac under uvicorn.
+    Yields the API's base URL; stopped at the end of the session."""
+    import os
+    import time
+    import urllib.request
+
+    pytest.importorskip("pypgstac")
+    server = postgres_server
+    if not list(Path("/usr/share/postgresql").glob("*/extension/postgis.control")):
+        pytest.fail("PostGIS missing: `bash workflow/scripts/setup.sh --test` installs postgresql-15-postgis-3")
+    env = {**os.environ, "PGHOST": server["host"], "PGPORT": str(server["port"]), "PGUSER": server["user"],
+           "PGPASSWORD": server["password"], "PGDATABASE": "pgstac"}
+    subprocess.run([server["bindir"] / "createdb", "-h", server["host"], "-p", str(server["port"]),
+                    "-U", server["user"], "pgstac"], check=True, capture_output=True, env=env)
+    dsn = f"postgresql://{server['user']}@{server['host']}:{server['port']}/pgstac"
+    from pypgstac.db import PgstacDB
+    from pypgstac.load import Loader, Methods
+    from pypgstac.migrate import Migrate
+
+    collection, items = sample_stac_items()
+    old = os.environ.get("PGPASSWORD")
+    os.environ["PGPASSWORD"] = server["password"]
+    try:
+        with PgstacDB(dsn=dsn) as db:
+            Migrate(db).run_migration()
+            loader = Loader(db=db)
+            loader.load_collections(iter([collection]), insert_mode=Methods.insert_ignore)
+            loader.load_items(iter(items), insert_mode=Methods.insert_ignore)
+    finally:
+        if old is None:
+            os.environ.pop("PGPASSWORD", None)
+        else:
+            os.environ["PGPASSWORD"] = old
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("stac_api") / "uvicorn.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env={**env, "ENABLE_TRANSACTIONS_EXTENSIONS": "false"}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"{base}/_mgmt/ping", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        else:
+            pytest.fail("stac-fastapi-pgstac did not answer within 60 s")
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def stac_proxy(stac_api):
+    """A fault-injecting HTTP proxy on 127.0.0.1 in front of the session's STAC API
+    (tests/stac_proxy.py); stopped after the test."""
+    from stac_proxy import FaultProxy
+
+    proxy = FaultProxy(stac_api)
+    yield proxy
+    proxy.close()
+# --- end stac ---

@@ -545,7 +545,7 @@ class _HttpStacIO(pystac.StacIO):
         raise StacError(self.spec.name, str(dest), "the stage never writes into a catalogue")
 
 
-def _absolute_assets(item: dict, href: str) -> dict:
+def absolute_hrefs(item: dict, href: str) -> dict:
     """``item`` with asset and link hrefs made absolute against the item's own location
     (static catalogues use relative ones, which break once the item leaves its folder)."""
     for asset in item.get("assets", {}).values():
@@ -644,7 +644,7 @@ class StaticCatalog:
             bar = tqdm(total=len(item_hrefs), desc=f"walk {self.spec.name}", unit="item", disable=not progress)
             items = []
             for href, doc in zip(item_hrefs, pool.map(lambda h: self.io.read_json(h), item_hrefs)):
-                items.append(_absolute_assets(doc, href))
+                items.append(absolute_hrefs(doc, href))
                 bar.update()
             bar.close()
         return items
