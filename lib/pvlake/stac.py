@@ -780,46 +780,83 @@ def unique_items(answers: Iterable[list[dict]]) -> list[dict]:
     return [seen[k] for k in sorted(seen)]
 
 
-def coverage_pairs(footprints: np.ndarray, geometries: np.ndarray) -> pd.DataFrame:
-    """Every (footprint, scene) pair that touches, with the fraction of the footprint
-    the scene covers (1.0 exactly when it covers all of it).
+@dataclass(frozen=True)
+class Coverage:
+    """Which scenes touch which footprints, and how much of each they cover.
 
-    Scenes sharing one footprint geometry (a tile seen on many dates) are tested once.
+    Scenes that share one footprint geometry (a tile seen on many dates) are tested
+    once: pairs are between footprints and distinct scene *shapes*.
+
+    Attributes
+    ----------
+    fp, shape : numpy.ndarray of int
+        The touching (footprint, shape) pairs.
+    fraction : numpy.ndarray of float
+        Share of the footprint the shape covers: 1.0 exactly when it covers all of it.
+    item_shape : numpy.ndarray of int
+        The shape of each scene.
     """
-    if len(footprints) == 0 or len(geometries) == 0:
-        return pd.DataFrame({"fp": np.empty(0, np.int64), "item": np.empty(0, np.int64), "fraction": np.empty(0)})
-    wkb = shapely.to_wkb(geometries)
-    unique_wkb, geom_of_item = np.unique(wkb, return_inverse=True)
+
+    fp: np.ndarray
+    shape: np.ndarray
+    fraction: np.ndarray
+    item_shape: np.ndarray
+
+    def items_per_pair(self) -> np.ndarray:
+        """Number of scenes behind each pair."""
+        return np.bincount(self.item_shape)[self.shape] if len(self.shape) else np.empty(0, np.int64)
+
+    def restricted(self, fps: np.ndarray) -> Coverage:
+        """The pairs of the footprints ``fps`` only."""
+        keep = np.isin(self.fp, fps)
+        return Coverage(self.fp[keep], self.shape[keep], self.fraction[keep], self.item_shape)
+
+
+def coverage(footprints: np.ndarray, geometries: np.ndarray) -> Coverage:
+    """Every (footprint, scene shape) pair that touches, with the covered fraction.
+
+    Parameters
+    ----------
+    footprints : numpy.ndarray of shapely geometries
+        Buffered installations, lon/lat.
+    geometries : numpy.ndarray of shapely geometries
+        Scene footprints, lon/lat.
+    """
+    empty = np.empty(0, np.int64)
+    if len(geometries) == 0:
+        return Coverage(empty, empty, np.empty(0), empty)
+    unique_wkb, item_shape = np.unique(shapely.to_wkb(geometries), return_inverse=True)
     shapes = shapely.from_wkb(unique_wkb)
-    tree = shapely.STRtree(shapes)
-    fp_idx, shape_idx = tree.query(footprints, predicate="intersects")
-    covered = shapely.covers(shapes[shape_idx], footprints[fp_idx])
-    fraction = np.ones(len(fp_idx))
-    partial = ~covered
+    if len(footprints) == 0:
+        return Coverage(empty, empty, np.empty(0), item_shape)
+    fp, shape = shapely.STRtree(shapes).query(footprints, predicate="intersects")
+    order = np.lexsort((shape, fp))
+    fp, shape = fp[order], shape[order]
+    fraction = np.ones(len(fp))
+    partial = ~shapely.covers(shapes[shape], footprints[fp])
     if partial.any():
-        inter = shapely.intersection(shapes[shape_idx[partial]], footprints[fp_idx[partial]])
-        fraction[partial] = np.minimum(shapely.area(inter) / shapely.area(footprints[fp_idx[partial]]), 1 - 1e-12)
-    # expand unique shapes back to the items that carry them
-    order = np.argsort(geom_of_item, kind="stable")
-    counts = np.bincount(geom_of_item, minlength=len(shapes))
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    reps = counts[shape_idx]
-    pair_rep = np.repeat(np.arange(len(fp_idx)), reps)
-    offsets = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
-    items = order[starts[shape_idx[pair_rep]] + offsets]
-    return pd.DataFrame({"fp": fp_idx[pair_rep], "item": items, "fraction": fraction[pair_rep]})
+        inter = shapely.intersection(shapes[shape[partial]], footprints[fp[partial]])
+        fraction[partial] = np.minimum(shapely.area(inter) / shapely.area(footprints[fp[partial]]), 1 - 1e-12)
+    return Coverage(fp, shape, fraction, item_shape)
 
 
-def select_scenes(pairs: pd.DataFrame, scenes: pd.DataFrame, max_items: int, period: str) -> pd.DataFrame:
+def _group_starts(keys: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.empty(0, np.int64)
+
+
+def select_scenes(cov: Coverage, scenes: pd.DataFrame, max_items: int, period: str) -> pd.DataFrame:
     """The usable scenes of each installation: per collection and period, the
     ``max_items`` least cloudy among those covering the whole footprint, a tie going to
     the more recent scene (then to the smaller item id, so the choice is stable).
 
+    Installations covered by the same set of scene shapes get the same selection, so
+    it is made once per distinct set (a few hundred for a continent) and repeated:
+    the cost does not grow with installations times scenes.
+
     Parameters
     ----------
-    pairs : pandas.DataFrame
-        From :func:`coverage_pairs`: ``fp`` (installation position), ``item`` (row of
-        ``scenes``), ``fraction``.
+    cov : Coverage
+        From :func:`coverage`, for the scenes of ``scenes``.
     scenes : pandas.DataFrame
         :class:`ItemTable` frame of qualifying scenes.
     max_items : int
@@ -831,24 +868,56 @@ def select_scenes(pairs: pd.DataFrame, scenes: pd.DataFrame, max_items: int, per
     -------
     pandas.DataFrame
         ``fp``, ``item``, ``collection``, ``item_id``, ``datetime``, ``period``,
-        ``cloud_cover``, ``coverage_fraction``, ``rank`` (1 = best).
+        ``cloud_cover``, ``coverage_fraction``, ``rank`` (1 = best), sorted by ``fp``,
+        collection, period and rank.
     """
-    full = pairs[pairs["fraction"] >= 1.0]
-    chosen = scenes.iloc[full["item"].to_numpy()].drop(columns="geometry").reset_index(drop=True)
-    chosen.insert(0, "fp", full["fp"].to_numpy())
-    chosen.insert(1, "item", full["item"].to_numpy())
-    chosen["coverage_fraction"] = full["fraction"].to_numpy()
-    chosen["period"] = period_labels(chosen["datetime"], period)
-    # missing cloud cover sorts last; ties: more recent first, then the item id
-    chosen = chosen.assign(_cloud=chosen["cloud_cover"].fillna(np.inf), _t=-chosen["datetime"].astype("int64"))
-    chosen = chosen.sort_values(["fp", "collection", "period", "_cloud", "_t", "item_id"], kind="stable")
-    chosen["rank"] = chosen.groupby(["fp", "collection", "period"], sort=False).cumcount().astype("int32") + 1
-    chosen = chosen[chosen["rank"] <= max_items].drop(columns=["_cloud", "_t"])
     columns = ["fp", "item", "collection", "item_id", "datetime", "period", "cloud_cover", "coverage_fraction", "rank"]
-    return chosen[columns].reset_index(drop=True)
+    full = cov.fraction >= 1.0
+    fp, shape = cov.fp[full], cov.shape[full]
+    if len(fp) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=scenes[c].dtype if c in scenes else "float64") for c in columns})
+    # per item: sort keys of the selection
+    periods = period_labels(scenes["datetime"], period)
+    collection_code = pd.factorize(scenes["collection"].fillna(""), sort=True)[0]
+    period_code = pd.factorize(periods, sort=True)[0]
+    cloud = scenes["cloud_cover"].fillna(np.inf).to_numpy()
+    newest_first = -scenes["datetime"].astype("int64").to_numpy()
+    id_rank = scenes["item_id"].rank(method="dense").to_numpy()
+    order_items = np.argsort(cov.item_shape, kind="stable")
+    shape_starts = np.r_[0, np.cumsum(np.bincount(cov.item_shape))]
+    # installations with the same covering shapes share one selection
+    starts = _group_starts(fp)
+    signatures: dict[bytes, list[int]] = {}
+    for i, (a, b) in enumerate(zip(starts, np.r_[starts[1:], len(fp)])):
+        signatures.setdefault(shape[a:b].tobytes(), []).append(i)
+    fp_of = fp[starts]
+    rows_item, rows_rank, rows_fp = [], [], []
+    for key, members in signatures.items():
+        shapes_here = np.frombuffer(key, dtype=shape.dtype)
+        items = np.concatenate([order_items[shape_starts[s]:shape_starts[s + 1]] for s in shapes_here])
+        o = np.lexsort((id_rank[items], newest_first[items], cloud[items], period_code[items], collection_code[items]))
+        items = items[o]
+        group = collection_code[items] * (period_code.max() + 1) + period_code[items]
+        g_starts = _group_starts(group)
+        rank = np.arange(len(items)) - np.repeat(g_starts, np.diff(np.r_[g_starts, len(items)])) + 1
+        keep = rank <= max_items
+        items, rank = items[keep], rank[keep]
+        member_fps = fp_of[members]
+        rows_item.append(np.tile(items, len(member_fps)))
+        rows_rank.append(np.tile(rank, len(member_fps)))
+        rows_fp.append(np.repeat(member_fps, len(items)))
+    item = np.concatenate(rows_item)
+    out = scenes.iloc[item][["collection", "item_id", "datetime", "cloud_cover"]].reset_index(drop=True)
+    out.insert(0, "fp", np.concatenate(rows_fp))
+    out.insert(1, "item", item)
+    out["period"] = periods.to_numpy()[item]
+    out["coverage_fraction"] = 1.0
+    out["rank"] = np.concatenate(rows_rank).astype("int32")
+    out = out.sort_values(["fp", "collection", "period", "rank"], kind="stable").reset_index(drop=True)
+    return out[columns]
 
 
-def skip_reasons(n: int, usable: np.ndarray, qualifying_pairs: pd.DataFrame, cloudy_pairs: pd.DataFrame) -> pd.DataFrame:
+def skip_reasons(n: int, usable: np.ndarray, qualifying: Coverage, cloudy: Coverage) -> pd.DataFrame:
     """Why each installation without a usable scene has none (:data:`REASONS`).
 
     Parameters
@@ -857,9 +926,8 @@ def skip_reasons(n: int, usable: np.ndarray, qualifying_pairs: pd.DataFrame, clo
         Number of installations.
     usable : numpy.ndarray of bool
         Installations with at least one selected scene.
-    qualifying_pairs, cloudy_pairs : pandas.DataFrame
-        :func:`coverage_pairs` of the footprints with the scenes that pass, and those
-        that fail, the cloud filter.
+    qualifying, cloudy : Coverage
+        The footprints against the scenes that pass, and those that fail, the cloud filter.
 
     Returns
     -------
@@ -867,12 +935,14 @@ def skip_reasons(n: int, usable: np.ndarray, qualifying_pairs: pd.DataFrame, clo
         One row per installation without a usable scene: ``fp``, ``reason``,
         ``scenes_reaching``, ``scenes_covering_cloudy``, ``best_coverage_fraction``.
     """
-    both = pd.concat([qualifying_pairs, cloudy_pairs], ignore_index=True)
-    reaching = np.bincount(both["fp"], minlength=n)
-    cloudy_full = np.bincount(cloudy_pairs.loc[cloudy_pairs["fraction"] >= 1.0, "fp"], minlength=n)
+    reaching = np.zeros(n, np.int64)
+    cloudy_full = np.zeros(n, np.int64)
     best = np.zeros(n)
-    if len(both):
-        np.maximum.at(best, both["fp"].to_numpy(), both["fraction"].to_numpy())
+    for cov in (qualifying, cloudy):
+        np.add.at(reaching, cov.fp, cov.items_per_pair())
+        np.maximum.at(best, cov.fp, cov.fraction)
+    full = cloudy.fraction >= 1.0
+    np.add.at(cloudy_full, cloudy.fp[full], cloudy.items_per_pair()[full])
     fps = np.flatnonzero(~usable)
     reason = np.where(cloudy_full[fps] > 0, "too_cloudy", np.where(reaching[fps] > 0, "partial_cover", "no_scene"))
     return pd.DataFrame({
@@ -942,20 +1012,18 @@ def search_catalog(
     items = unique_items(answers)
     stats.items_found = len(items)
     scenes = ItemTable(items).frame
-    pairs = coverage_pairs(footprints, scenes["geometry"].to_numpy())
-    selected = select_scenes(pairs, scenes, spec.max_items, period)
+    cov = coverage(footprints, scenes["geometry"].to_numpy())
+    selected = select_scenes(cov, scenes, spec.max_items, period)
     usable = np.zeros(len(geometries), dtype=bool)
     usable[selected["fp"].to_numpy()] = True
     # name the reason only where there is something to explain: diagnosis searches for
     # the scenes the cloud filter rejects, in the groups of unmatched installations
     lacking = [g for g in groups if not usable[g.members].all()]
     cloudy = unique_items(run_searches(catalog, lacking, False, workers, progress, desc=f"diagnose {spec.name}"))
-    cloudy_scenes = ItemTable(cloudy).frame
     unmatched_fp = np.flatnonzero(~usable)
-    q_pairs = pairs[np.isin(pairs["fp"], unmatched_fp)]
-    c_pairs = coverage_pairs(footprints[unmatched_fp], cloudy_scenes["geometry"].to_numpy())
-    c_pairs["fp"] = unmatched_fp[c_pairs["fp"].to_numpy()] if len(c_pairs) else c_pairs["fp"]
-    unmatched = skip_reasons(len(geometries), usable, q_pairs, c_pairs)
+    c_cov = coverage(footprints[unmatched_fp], ItemTable(cloudy).frame["geometry"].to_numpy())
+    c_cov = Coverage(unmatched_fp[c_cov.fp], c_cov.shape, c_cov.fraction, c_cov.item_shape)
+    unmatched = skip_reasons(len(geometries), usable, cov.restricted(unmatched_fp), c_cov)
     return CatalogResult(spec, items, selected, unmatched, stats, len(groups))
 
 
@@ -967,7 +1035,8 @@ def combine_skipped(results: list[CatalogResult], n: int) -> pd.DataFrame:
         usable[r.matches["fp"].to_numpy()] = True
     frames = [r.unmatched for r in results]
     if not frames:
-        return skip_reasons(n, usable, coverage_pairs(np.empty(0), np.empty(0)), coverage_pairs(np.empty(0), np.empty(0)))
+        nothing = coverage(np.empty(0, dtype=object), np.empty(0, dtype=object))
+        return skip_reasons(n, usable, nothing, nothing)
     allr = pd.concat(frames, ignore_index=True)
     allr = allr[~usable[allr["fp"].to_numpy()]]
     allr["_order"] = allr["reason"].map({r: i for i, r in enumerate(REASONS)})
@@ -1002,11 +1071,10 @@ def write_items(items: list[dict], path: str | Path, collections: Mapping[str, d
 
 def write_table(frame: pd.DataFrame, columns: Mapping[str, pa.DataType], path: str | Path) -> None:
     """A plain Parquet file with exactly ``columns`` (zstd), atomically."""
-    table = pa.table({name: pa.array(frame[name].tolist() if len(frame) else [], type=t)
-                      if t != pa.timestamp("us", tz="UTC") else pa.Array.from_pandas(frame[name], type=t)
-                      for name, t in columns.items()})
     import pyarrow.parquet as pq
 
+    schema = pa.schema(list(columns.items()))
+    table = pa.Table.from_pandas(frame[list(columns)], schema=schema, preserve_index=False)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 
