@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -6,6 +7,7 @@ import pandas as pd
 import pyproj
 import pytest
 import shapely
+import shapely.affinity
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -113,7 +115,7 @@ def test_candidates_are_complete_across_cell_edges():
             records.append({"geometry": shapely.Point(lon, lat)})
             records.append({"geometry": offset_m(lon, lat, 45 * np.cos(bearing), 45 * np.sin(bearing))})
     st = staging_of(records)
-    i, j = candidate_pairs(st, DedupParams(h3_resolution=12))
+    i, j = candidate_pairs(st, DedupParams(h3_resolution=11))
     found = set(zip(i, j))
     assert all((k, k + 1) in found for k in range(0, len(records), 2))
     assert disk_k(12, 50) > disk_k(10, 50) >= 2
@@ -130,7 +132,7 @@ def test_small_polygons_are_found_across_cell_edges(lat):
         records.append({"geometry": square_m(lon, lat, 15, 6), "dataset": "b"})
         records.append({"geometry": offset_m(lon, lat, -8, 7), "dataset": "c"})
     st = staging_of(records)
-    params = DedupParams(h3_resolution=12)  # small cells: boundaries everywhere
+    params = DedupParams(h3_resolution=11)  # the smallest cells allowed: boundaries everywhere
     pairs = classify_pairs(st, *candidate_pairs(st, params), params)
     pp = set(zip(*pairs["polygon_polygon"]))
     pt = set(zip(*pairs["point_polygon"]))
@@ -334,3 +336,143 @@ def test_glosofarid_yearly_point_sets_repeat_farms(real_dir):
     assert len(multi_year) >= 50 and len(same_file) >= 1
     print(f"GloSoFarID: {report['records']} points -> {report['installations']} farms; "
           f"{len(multi_year)} farms in more than one yearly file, {len(same_file)} repeated inside a file")
+
+
+# -- the antimeridian, high latitudes, floods of identical points -------------------------
+
+
+def local_to_lonlat(lon0, lat0, shape_m):
+    """A shape drawn in metres in the azimuthal equidistant frame of (lon0, lat0), in lon/lat
+    (PROJ's aeqd: an independent construction from the code under test)."""
+    aeqd = pyproj.CRS(proj="aeqd", lat_0=lat0, lon_0=lon0, ellps="WGS84")
+    back = pyproj.Transformer.from_crs(aeqd, 4326, always_xy=True)
+    return shapely.transform(shape_m, lambda xy: np.column_stack(back.transform(xy[:, 0], xy[:, 1])))
+
+
+def farm_lonlat(lon, lat, width_m=300.0, height_m=200.0, east_m=0.0):
+    """A farm centred east_m east of (lon, lat), cut at ±180 where it crosses the meridian."""
+    shape = local_to_lonlat(lon, lat, shapely.box(east_m - width_m / 2, -height_m / 2, east_m + width_m / 2, height_m / 2))
+    return geo.split_antimeridian(np.array([shape], dtype=object))[0][0]
+
+
+def test_farm_across_180_stays_apart_from_same_latitude_farms_elsewhere():
+    lat = -17.0
+    farms = {"fiji": farm_lonlat(180.0, lat), "queensland": farm_lonlat(145.5, lat),
+             "bolivia": farm_lonlat(-63.2, lat), "zambia": farm_lonlat(27.8, lat), "fiji_west": farm_lonlat(179.99, lat, east_m=-2000)}
+    st = staging_of([{"geometry": g, "dataset": name} for name, g in farms.items()])
+    assert st.geometry.iloc[0].geom_type == "MultiPolygon"  # cut at ±180
+    prepared, report, labels = dedup(st)
+    assert report["installations"] == len(farms) and report["candidate_pairs"] <= 2
+    fiji = prepared[prepared["dataset"] == "fiji"].iloc[0]
+    assert abs(abs(fiji["centroid_lon"]) - 180.0) < 0.01 and abs(fiji["centroid_lat"] - lat) < 0.01
+
+
+def test_a_farm_crossing_180_uncut_is_cut_before_the_search():
+    # a frame from outside harmonize, with the reprojected outline spanning "360°"
+    uncut = local_to_lonlat(180.0, -17.0, shapely.box(-150, -100, 150, 100))
+    assert shapely.bounds(uncut)[2] - shapely.bounds(uncut)[0] > 359
+    st = staging_of([{"geometry": uncut}, {"geometry": farm_lonlat(145.5, -17.0), "dataset": "b"}])
+    _, report, _ = dedup(st)
+    assert report["installations"] == 2 and report["candidate_pairs"] == 0
+
+
+@pytest.mark.parametrize("lat", [-17.0, 0.0, 52.0, 66.0])
+def test_pairs_across_180_are_merged_by_every_rule(lat):
+    farm = farm_lonlat(180.0, lat)
+    records = [
+        {"geometry": farm, "dataset": "a"},
+        {"geometry": farm, "dataset": "b"},                                   # exact
+        {"geometry": farm_lonlat(180.0, lat, east_m=60), "dataset": "c"},     # overlap 0.8
+        # a point 21 m from another, across the meridian
+        {"geometry": local_to_lonlat(180.0, lat + 1, shapely.Point(-10.5, 0)), "dataset": "d"},
+        {"geometry": local_to_lonlat(180.0, lat + 1, shapely.Point(10.5, 0)), "dataset": "e"},
+        # a rooftop on the east side of the meridian and a point 5 m west of it, across
+        {"geometry": local_to_lonlat(180.0, lat - 1, shapely.box(-16, -4, -1, 4)), "dataset": "f"},
+        {"geometry": local_to_lonlat(180.0, lat - 1, shapely.Point(4, 0)), "dataset": "g"},
+    ]
+    st = staging_of(records)
+    lons = [shapely.get_x(r["geometry"]) for r in records[3:5]] + [shapely.get_x(records[6]["geometry"])]
+    assert lons[0] > 179.99 and lons[1] < -179.99 and lons[2] < -179.99  # really on both sides
+    pairs = classify_pairs(st, *candidate_pairs(st, DedupParams()), DedupParams())
+    found = {rule: {tuple(sorted(map(int, p))) for p in zip(*ij)} for rule, ij in pairs.items()}
+    assert (0, 1) in found["exact"]
+    assert {(0, 2), (1, 2)} <= found["polygon_polygon"]
+    assert (3, 4) in found["point_point"]
+    assert (5, 6) in found["point_polygon"]
+    assert dedup(st)[1]["installations"] == 3
+
+
+@pytest.mark.parametrize("lat", [0.0, 45.0, 60.0, 70.0])
+def test_point_polygon_distance_is_geodesic_at_every_latitude(lat):
+    # randomised rotated rooftop arrays; a point 9.5 m out from a random spot of the
+    # outline is the same site, one 10.5 m out is not (buffer 10 m)
+    rng = np.random.default_rng(int(lat) + 1)
+    records, near, far = [], [], []
+    for lon in rng.uniform(-170, 170, 75):
+        w, h, theta = rng.uniform(6, 30), rng.uniform(3, 12), rng.uniform(0, np.pi)
+        local = shapely.affinity.rotate(shapely.box(-w / 2, -h / 2, w / 2, h / 2), theta, use_radians=True, origin=(0, 0))
+        # outward along the normal of a random edge, from that edge's midpoint
+        ring = np.asarray(local.exterior.coords)
+        k = rng.integers(4)
+        (x0, y0), (x1, y1) = ring[k], ring[k + 1]
+        nx, ny = (y1 - y0), -(x1 - x0)
+        nx, ny = (nx, ny) / np.hypot(nx, ny)
+        if nx * (x0 + x1) + ny * (y0 + y1) < 0:
+            nx, ny = -nx, -ny
+        mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+        for gap, bucket in ((9.5, near), (10.5, far)):
+            base = len(records)
+            records.append({"geometry": local_to_lonlat(lon, lat, local), "dataset": "a"})
+            records.append({"geometry": local_to_lonlat(lon, lat, shapely.Point(mx + gap * nx, my + gap * ny)),
+                            "dataset": "b"})
+            bucket.append((base, base + 1))
+            lon += 0.01  # the far copy a kilometre away
+    st = staging_of(records)
+    pairs = classify_pairs(st, *candidate_pairs(st, DedupParams()), DedupParams())
+    found = {tuple(sorted(map(int, p))) for p in zip(*pairs["point_polygon"])}
+    assert sum(p in found for p in near) == len(near)
+    assert not any(p in found for p in far)
+
+
+def test_twenty_thousand_identical_points_cost_linear_time_and_little_memory(tmp_path):
+    # in a child process, so that its peak memory is its own
+    script = tmp_path / "flood.py"
+    script.write_text(
+        "import json, resource, sys, time\n"
+        "import numpy as np, shapely, geopandas as gpd\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from test_dedup import staging_of, offset_m\n"
+        "from pvlake.dedup import dedup\n"
+        "flood = [{'geometry': shapely.Point(0.0, 0.0), 'dataset': 'postcodes'}] * 20_000\n"
+        "rng = np.random.default_rng(5)\n"
+        "grid = [{'geometry': offset_m(0.0, 0.0, 200.0 * (k % 40) + 200, 200.0 * (k // 40) + 200), 'dataset': 'b'} for k in range(1000)]\n"
+        "st = staging_of(flood[:1] + grid)\n"
+        "st = gpd.GeoDataFrame(st.loc[np.r_[np.zeros(19_999, int), np.arange(len(st))]].reset_index(drop=True), crs=4326)\n"
+        "st['pv_id'] = [f'{i:016d}' for i in range(len(st))]\n"
+        "start = time.perf_counter()\n"
+        "prepared, report, labels = dedup(st)\n"
+        "print(json.dumps({'seconds': time.perf_counter() - start, 'rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,\n"
+        "                  'report': {k: report[k] for k in ('records', 'installations', 'candidate_pairs', 'distinct_geometries', 'pairs_per_rule')},\n"
+        "                  'largest': int(prepared['n_sources'].max())}))\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    report = result["report"]
+    assert report["records"] == 21_000 and report["distinct_geometries"] == 1001
+    assert report["installations"] == 1001 and result["largest"] == 20_000
+    assert report["pairs_per_rule"]["exact"] == 20_000 * 19_999 // 2  # as if every pair had been formed
+    assert report["candidate_pairs"] < 10 * 1001  # linear, not 200 M
+    assert result["rss_mb"] < 1024, result
+    print(f"20,000 identical points + 1,000 distinct: {result['seconds']:.1f} s, peak {result['rss_mb']:.0f} MB")
+
+
+def test_h3_resolution_is_bounded():
+    with pytest.raises(ValueError, match="outside 8..11"):
+        DedupParams(h3_resolution=13)
+    with pytest.raises(ValueError, match="rings"):
+        DedupParams(h3_resolution=11, point_merge_m=500)
+    DedupParams(h3_resolution=8, point_merge_m=500)

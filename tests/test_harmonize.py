@@ -4,6 +4,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import pyproj
 import pytest
 import shapely
 
@@ -85,12 +86,38 @@ def test_pv_ids_are_unique_stable_and_geometry_based_without_ids(mixed_geojson):
 
 def test_pv_id_does_not_depend_on_row_order():
     g = np.array([shapely.Point(1, 2), shapely.Point(3, 4)], dtype=object)
-    ids = make_pv_ids("d", np.array([None, None], dtype=object), g)
-    rev = make_pv_ids("d", np.array([None, None], dtype=object), g[::-1])
+    files = np.array(["a.json", "a.json"], dtype=object)
+    none = np.array([None, None], dtype=object)
+    ids = make_pv_ids("d", files, none, g)
+    rev = make_pv_ids("d", files, none, g[::-1])
     assert list(ids) == list(rev[::-1])
-    assert make_pv_ids("other", np.array([None], dtype=object), g[:1])[0] != ids[0]
-    by_id = make_pv_ids("d", np.array(["7", "7"], dtype=object), g)
+    assert make_pv_ids("other", files[:1], none[:1], g[:1])[0] != ids[0]
+    by_id = make_pv_ids("d", files, np.array(["7", "7"], dtype=object), g)
     assert by_id[0] != by_id[1]
+
+
+def test_pv_id_of_a_record_does_not_depend_on_the_other_files(tmp_path):
+    # the same farm in three yearly files (and twice in one): each record keeps its id
+    # whichever of the other files are read, and ids stay unique
+    farm, other = [10.5, 45.25], [11.0, 46.0]
+    years = {"2021.json": [farm, other, farm], "2022.json": [farm, other], "2023.json": [other, farm]}
+    folder = tmp_path / "points"
+    folder.mkdir()
+    for name, points in years.items():
+        (folder / name).write_text(json.dumps(points))
+
+    def ids(include: list[str]) -> dict[tuple[str, int], str]:
+        spec = parse_entry("gsf", {"repo": "local", "path": str(folder), "label_fmt": "json",
+                                   "file_filters": {"include_patterns": include}}, tmp_path)
+        staging, _ = harmonize_dataset(spec, progress=False)
+        assert staging["pv_id"].is_unique
+        return dict(zip(zip(staging["source_file"], staging["source_row"]), staging["pv_id"]))
+
+    everything = ids(["*.json"])
+    assert len(everything) == 7
+    for subset in (["2022.json"], ["2023.json"], ["2021.json", "2023.json"], ["2022.json", "2023.json"]):
+        part = ids(subset)
+        assert part == {k: everything[k] for k in part}, subset
 
 
 def test_write_staging_is_geoparquet_1_1_read_by_geopandas_and_duckdb(mixed_geojson, tmp_path):
@@ -165,3 +192,108 @@ def test_glosofarid_point_arrays_load(real_dir):
     assert (gdf["geom_type"] == "Point").all() and gdf["area_m2"].isna().all()
     assert gdf["pv_id"].is_unique  # repeated farms inside one file still get distinct ids
     assert gdf["centroid_lon"].between(-180, 180).all() and gdf["centroid_lat"].between(-90, 90).all()
+
+
+# --- coordinates at the edges: the antimeridian, the poles, impossible values ---------
+
+
+def write_features(path, geoms, crs=None, driver=None):
+    gdf = gpd.GeoDataFrame({"sid": list(range(len(geoms)))}, geometry=list(geoms), crs=crs)
+    gdf.to_file(path, driver=driver)
+    return path
+
+
+def pacific_farm_3832(lon=180.0, lat=-17.0, width_m=300.0, height_m=200.0):
+    """A farm centred on (lon, lat) drawn in EPSG:3832 (PDC Mercator, usual for Pacific data)."""
+    x, y = pyproj.Transformer.from_crs(4326, 3832, always_xy=True).transform(lon, lat)
+    return shapely.box(x - width_m / 2, y - height_m / 2, x + width_m / 2, y + height_m / 2)
+
+
+def test_farm_across_the_antimeridian_is_cut_and_measured_on_the_farm(tmp_path):
+    path = write_features(tmp_path / "pacific.gpkg", [pacific_farm_3832(), pacific_farm_3832(179.5)], crs="EPSG:3832")
+    gdf, report = run(tmp_path, label_fmt="gpkg")
+    crossing, inland = gdf.iloc[0], gdf.iloc[1]
+    assert crossing["geom_type"] == "MultiPolygon" and report["split_at_antimeridian"] == 1
+    lon_parts = [shapely.bounds(p) for p in crossing.geometry.geoms]
+    assert sorted(round(b[0]) for b in lon_parts) == [-180, 180]  # one part each side, cut at ±180
+    assert all(b[2] - b[0] < 0.01 for b in lon_parts)
+    assert abs(abs(crossing["centroid_lon"]) - 180.0) < 0.01 and crossing["centroid_lat"] == pytest.approx(-17.0, abs=0.01)
+    # area is the farm's (Mercator scale 1/cos(lat) squared), the same as the inland twin's
+    assert crossing["area_m2"] == pytest.approx(60_000 * np.cos(np.radians(17.0)) ** 2, rel=0.01)
+    assert crossing["area_m2"] == pytest.approx(inland["area_m2"], rel=1e-3)
+    import h3
+
+    lat, lon = h3.cell_to_latlng(crossing["h3_cell"])
+    assert abs(abs(lon) - 180.0) < 0.01 and lat == pytest.approx(-17.0, abs=0.01)
+    assert path.exists()
+
+
+def test_multipolygon_already_cut_at_180_keeps_its_centroid_on_the_farm(tmp_path):
+    cut = shapely.MultiPolygon([shapely.box(179.998, -16.001, 180.0, -15.999), shapely.box(-180.0, -16.001, -179.998, -15.999)])
+    write_features(tmp_path / "cut.geojson", [cut], crs="EPSG:4326", driver="GeoJSON")
+    gdf, report = run(tmp_path)
+    row = gdf.iloc[0]
+    assert report["split_at_antimeridian"] == 0 and row.geometry.equals(cut)
+    assert abs(abs(row["centroid_lon"]) - 180.0) < 1e-6 and row["centroid_lat"] == pytest.approx(-16.0)
+    twin = shapely.box(10.0, -16.001, 10.004, -15.999)  # the same 0.004° x 0.002° farm, in one piece
+    assert row["area_m2"] == pytest.approx(abs(pyproj.Geod(ellps="WGS84").geometry_area_perimeter(twin)[0]), rel=1e-6)
+
+
+def test_valid_files_at_the_antimeridian_and_the_poles_pass(tmp_path):
+    points = [[180.0, 10.0], [-180.0, -10.0], [0.0, 90.0], [135.0, -90.0], [179.9999999, 89.9999]]
+    (tmp_path / "edges.json").write_text(json.dumps(points))
+    gdf, report = run(tmp_path, label_fmt="json")
+    assert report["rows_written"] == 5 and report["dropped"] == {}
+    assert gdf["h3_cell"].notna().all()
+
+
+def test_json_point_arrays_without_a_crs_are_wgs84_by_default(tmp_path):
+    (tmp_path / "pts.json").write_text(json.dumps([[10.5, 45.25], [-70.1, -33.4]]))
+    gdf, report = run(tmp_path, label_fmt="json", crs=None)
+    assert report["files"][0]["crs_from"] == "default" and report["files"][0]["crs"] == "OGC:CRS84"
+    assert list(gdf["centroid_lon"]) == [10.5, -70.1]
+
+
+def test_projected_coordinates_read_as_degrees_are_refused_with_a_hint(tmp_path):
+    # UTM metres in a CSV whose manifest says WGS84
+    rows = "x,y\n" + "\n".join(f"{500000 + 10 * i},{4650000 + 5 * i}" for i in range(20))
+    (tmp_path / "utm.csv").write_text(rows)
+    with pytest.raises(DatasetError) as err:
+        run(tmp_path, label_fmt="csv", lon_col="x", lat_col="y", crs="WGS84")
+    message = str(err.value)
+    assert "dataset 'ds' file utm.csv" in message and "20 of 20 geometries" in message
+    assert "EPSG:4326" in message and "CRS from manifest" in message
+    assert "coordinates look projected" in message and "set `crs` in the manifest" in message
+
+
+def test_swapped_coordinate_columns_are_refused_with_a_hint(tmp_path):
+    # a North American file: lon -100, lat 45, with the manifest naming the columns the wrong way round
+    rows = "lat,lon\n" + "\n".join(f"{45.0 + i * 0.01},{-100.0 + i * 0.01}" for i in range(10))
+    (tmp_path / "swapped.csv").write_text(rows)
+    with pytest.raises(DatasetError, match="swapped.csv.*look swapped"):
+        run(tmp_path, label_fmt="csv", lon_col="lat", lat_col="lon", crs="WGS84")
+
+
+def test_a_few_impossible_rows_are_dropped_and_counted(tmp_path):
+    points = [[10.0 + i * 0.01, 45.0] for i in range(8)] + [[190.0, 45.0], [10.0, 95.0]]
+    (tmp_path / "pts.json").write_text(json.dumps(points))
+    gdf, report = run(tmp_path, label_fmt="json")
+    assert report["rows_written"] == 8 and report["dropped"] == {"out_of_range_coordinates": 2}
+    assert gdf["centroid_lon"].between(-180, 180).all()
+
+
+def test_untransformable_points_and_polygons_are_dropped_with_their_reason(tmp_path):
+    # UTM 31N: 50,000 km east of the zone's origin is no place on Earth (PROJ returns inf)
+    good = [shapely.Point(500_000, 4_650_000 + 100 * i) for i in range(8)]
+    bad = [shapely.Point(5e7, 1e7), shapely.box(5e7, 1e7, 5.1e7, 1.1e7)]
+    write_features(tmp_path / "utm.gpkg", good + bad, crs="EPSG:32631")
+    gdf, report = run(tmp_path, label_fmt="gpkg")
+    assert report["rows_written"] == 8
+    assert report["dropped"] == {"non_finite_coordinates": 2}
+    assert np.isfinite(gdf[["centroid_lon", "centroid_lat"]].to_numpy()).all()
+
+
+def test_a_file_proj_cannot_transform_is_refused(tmp_path):
+    write_features(tmp_path / "nowhere.gpkg", [shapely.Point(5e7, 1e7 + i) for i in range(3)], crs="EPSG:32631")
+    with pytest.raises(DatasetError, match=r"nowhere.gpkg.*3 of 3 geometries.*EPSG:32631 \(CRS from file\).*PROJ could not"):
+        run(tmp_path, label_fmt="gpkg")

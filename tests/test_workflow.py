@@ -76,8 +76,9 @@ def test_changing_one_entry_reruns_only_that_dataset(sample_dir, tmp_path):
 def test_bad_datasets_fail_alone_with_one_clear_message(tmp_path, sample_dir):
     points = sample_dir / "glosofarid_2024"
     manifest = {
-        "good_points": {"repo": "local", "path": str(points), "label_fmt": "json", "crs": "EPSG:4326"},
-        "no_crs": {"repo": "local", "path": str(points), "label_fmt": "json"},
+        "good_points": {"repo": "local", "path": str(points), "label_fmt": "json"},  # bare arrays: WGS84
+        "no_crs": {"repo": "local", "path": str(sample_dir / "usa_cali_usgs_pv_2016"), "label_fmt": "csv",
+                   "lon_col": "centroid_longitude", "lat_col": "centroid_latitude"},
         "bad_format": {"repo": "local", "path": str(points), "label_fmt": "kml"},
         "no_match": {"repo": "local", "path": str(points), "label_fmt": "json", "crs": "WGS84",
                      "file_filters": {"include_patterns": ["*.geojson"]}},
@@ -94,6 +95,6 @@ def test_bad_datasets_fail_alone_with_one_clear_message(tmp_path, sample_dir):
         assert not layout.staging_parquet(bad).exists()
         assert layout.executed_notebook("harmonize", bad).exists()  # kept, with the traceback
     err = run.stderr
-    assert "DatasetError: dataset 'no_crs' file 2021_global.json: no CRS" in err
+    assert "DatasetError: dataset 'no_crs' file polygonDataExceptVertices.csv: no CRS" in err
     assert "DatasetError: dataset 'bad_format': unknown label_fmt 'kml'" in err
     assert "DatasetError: dataset 'no_match' file" in err and "no json file matches the file filters" in err

@@ -20,6 +20,7 @@ import shapely
 from tqdm import tqdm
 
 from . import geo
+from .errors import DatasetError
 from .io import write_geoparquet, write_json
 from .manifest import DatasetSpec
 from .sources import LabelFile, SourceFrame, find_label_files, read_labels
@@ -43,7 +44,7 @@ SCHEMA: dict[str, str] = {
 """Canonical columns and their pandas dtypes (``geometry`` comes last)."""
 
 SCHEMA_DOC: dict[str, str] = {
-    "pv_id": "stable id: hash of dataset and source id (or normalised geometry when there is none)",
+    "pv_id": "stable id: hash of dataset, source file and source id (or normalised geometry when there is none)",
     "dataset": "manifest key of the source dataset",
     "source_id": "the source's own id (manifest 'id_col'), null when it has none",
     "geom_type": "Point, Polygon or MultiPolygon",
@@ -102,22 +103,26 @@ def source_ids(frame: pd.DataFrame, id_col: str | None) -> np.ndarray:
     return out
 
 
-def make_pv_ids(dataset: str, source_id: np.ndarray, geoms: np.ndarray) -> np.ndarray:
-    """Stable, unique ids: hash of dataset plus source id, or plus rounded geometry.
+def make_pv_ids(dataset: str, source_file: np.ndarray, source_id: np.ndarray, geoms: np.ndarray) -> np.ndarray:
+    """Stable, unique ids: hash of dataset, source file and source id (or rounded
+    geometry when the row has none).
 
-    A key that repeats inside a dataset (an exact duplicate, a reused id) gets an
-    occurrence suffix in row order, so ids stay unique and reproducible.
+    The file is part of the key because ids and geometries repeat across a dataset's
+    files (a per-file row number, a farm seen again next year): with it, a record's id
+    does not depend on which other files are read. A key that repeats inside one file
+    (an exact duplicate, a reused id) gets its occurrence number in that file's row
+    order, so ids stay unique and reproducible.
     """
     wkb = geo.geometry_keys(geoms)
     seen: Counter = Counter()
     ids = np.empty(len(geoms), dtype=object)
-    for i, (sid, g) in enumerate(zip(source_id, wkb)):
+    for i, (file, sid, g) in enumerate(zip(source_file, source_id, wkb)):
         key = f"geom:{g}" if sid is None or pd.isna(sid) else f"id:{sid}"
-        n = seen[key]
-        seen[key] += 1
+        n = seen[file, key]
+        seen[file, key] += 1
         if n:
             key = f"{key}#{n}"
-        ids[i] = hashlib.sha1(f"{dataset}\x1f{key}".encode()).hexdigest()[:16]
+        ids[i] = hashlib.sha1(f"{dataset}\x1f{file}\x1f{key}".encode()).hexdigest()[:16]
     return ids
 
 
@@ -139,6 +144,55 @@ def unexpected_geom_types(found: Counter, declared: set[str]) -> dict[str, int]:
     return {t: n for t, n in sorted(found.items()) if families.get(t) not in allowed}
 
 
+MAX_FAULTY_SHARE = 0.5
+"""A file with more than this share of its geometries at impossible coordinates is
+refused (its CRS is wrong); below it, the faulty rows are dropped and counted."""
+
+
+def coordinate_hint(source_geoms: np.ndarray, source_crs, faults: np.ndarray) -> str:
+    """What most likely went wrong with a file whose coordinates are impossible."""
+    faulty = pd.notna(faults)
+    xy = shapely.get_coordinates(np.asarray(source_geoms, dtype=object)[faulty])
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    if not len(xy):
+        return "the file's own coordinates are not finite numbers"
+    x, y = np.abs(xy[:, 0]), np.abs(xy[:, 1])
+    if source_crs is not None and source_crs.is_geographic:
+        if np.median(np.maximum(x, y)) > 360:
+            return (f"the coordinates look projected (values up to {np.max(np.maximum(x, y)):,.0f}): "
+                    "set `crs` in the manifest to the file's projected CRS")
+        if np.mean((y > geo.LAT_LIMIT) & (x <= geo.LAT_LIMIT)) > 0.5:
+            return "longitude and latitude look swapped: check `lon_col`/`lat_col` (or the CRS's axis order)"
+    elif np.all((x <= geo.LON_LIMIT) & (y <= geo.LAT_LIMIT)):
+        return "the coordinates look like degrees: set `crs` in the manifest to WGS84 if they are"
+    if np.mean(faults[faulty] == "non_finite_coordinates") > 0.5:
+        return "PROJ could not transform them from this CRS: check that it is the file's (or set `crs` in the manifest)"
+    return "check that this CRS is the file's (or set `crs` in the manifest)"
+
+
+def check_coordinates(spec: DatasetSpec, sf: SourceFrame, faults: np.ndarray) -> None:
+    """Refuse a file whose geometries are mostly at impossible coordinates.
+
+    Raises
+    ------
+    DatasetError
+        Naming the dataset, the file, the CRS and where it came from, with a hint.
+    """
+    faulty = pd.notna(faults)
+    present = ~shapely.is_missing(sf.frame.geometry.to_numpy())
+    n_present = int(present.sum())
+    n_faulty = int(faulty.sum())
+    if n_present and n_faulty > MAX_FAULTY_SHARE * n_present:
+        crs = sf.frame.crs
+        raise DatasetError(
+            spec.name, sf.source_file,
+            f"{n_faulty:,} of {n_present:,} geometries have impossible coordinates after reprojection "
+            f"from {crs.to_string() if crs is not None else 'no CRS'} (CRS from {sf.crs_from}): "
+            f"longitude beyond +-180, latitude beyond +-90 or not transformable; "
+            f"{coordinate_hint(sf.frame.geometry.to_numpy(), crs, faults)}",
+        )
+
+
 def harmonize_frame(sf: SourceFrame, spec: DatasetSpec, h3_resolution: int) -> tuple[gpd.GeoDataFrame, dict]:
     """Canonical rows of one source file (without ``pv_id``) and its counts.
 
@@ -147,11 +201,23 @@ def harmonize_frame(sf: SourceFrame, spec: DatasetSpec, h3_resolution: int) -> t
     frame : geopandas.GeoDataFrame
         Kept rows in file order, canonical columns except ``pv_id``.
     stats : dict
-        ``rows_read``, ``repaired``, ``dropped`` (reason -> count), ``rows_written``.
+        ``rows_read``, ``repaired``, ``split_at_antimeridian``, ``dropped`` (reason ->
+        count), ``rows_written``.
+
+    Raises
+    ------
+    DatasetError
+        When most coordinates are impossible after reprojection (:func:`check_coordinates`).
     """
     src = sf.frame
     geoms = geo.to_wgs84(src.geometry.to_numpy(), src.crs)
+    faults = geo.coordinate_faults(geoms)
+    check_coordinates(spec, sf, faults)
+    faulty = pd.notna(faults)
+    geoms[faulty] = None
+    geoms, split = geo.split_antimeridian(geo.clip_to_range(geoms))
     geoms, repaired, reason = geo.repair(geoms)
+    reason[faulty] = faults[faulty]
     keep = np.array([r is None for r in reason], dtype=bool)
     kept = src.loc[keep]
     geoms = geoms[keep]
@@ -183,6 +249,7 @@ def harmonize_frame(sf: SourceFrame, spec: DatasetSpec, h3_resolution: int) -> t
         "crs_from": sf.crs_from,
         "rows_read": int(len(src)),
         "repaired": int(repaired.sum()),
+        "split_at_antimeridian": int(split.sum()),
         "dropped": dict(sorted(Counter(r for r in reason if r is not None).items())),
         "rows_written": int(keep.sum()),
         "keep_cols_missing": [c for c in spec.keep_cols if c not in src.columns],
@@ -201,7 +268,9 @@ def finalize(frames: list[gpd.GeoDataFrame], dataset: str) -> gpd.GeoDataFrame:
     parts = [f for f in frames if len(f)]
     gdf = pd.concat(parts, ignore_index=True) if parts else empty_staging()
     gdf = gdf.sort_values(["source_file", "source_row"], kind="stable", ignore_index=True)
-    gdf["pv_id"] = make_pv_ids(dataset, gdf["source_id"].to_numpy(dtype=object), gdf.geometry.to_numpy())
+    gdf["pv_id"] = make_pv_ids(
+        dataset, gdf["source_file"].to_numpy(dtype=object), gdf["source_id"].to_numpy(dtype=object), gdf.geometry.to_numpy()
+    )
     gdf = gdf[list(SCHEMA) + ["geometry"]].astype(SCHEMA)
     return gpd.GeoDataFrame(gdf, geometry="geometry", crs=geo.WGS84)
 
@@ -255,6 +324,7 @@ def harmonize_dataset(
         "h3_resolution": h3_resolution,
         "rows_read": sum(s["rows_read"] for s in per_file),
         "repaired": sum(s["repaired"] for s in per_file),
+        "split_at_antimeridian": sum(s["split_at_antimeridian"] for s in per_file),
         "dropped": dict(sorted(dropped.items())),
         "rows_written": int(len(staging)),
         "geom_types": dict(sorted(Counter(staging["geom_type"]).items())),
@@ -284,13 +354,15 @@ def report_table(report: dict) -> pd.DataFrame:
             "crs": f"{f['crs']} ({f['crs_from']})",
             "rows_read": f["rows_read"],
             "repaired": f["repaired"],
+            "cut_at_180": f["split_at_antimeridian"],
             "dropped": sum(f["dropped"].values()),
             "why_dropped": ", ".join(f"{k}: {v}" for k, v in f["dropped"].items()),
             "rows_written": f["rows_written"],
         })
     rows.append({
         "source_file": "total", "crs": "EPSG:4326 (output)", "rows_read": report["rows_read"],
-        "repaired": report["repaired"], "dropped": sum(report["dropped"].values()),
+        "repaired": report["repaired"], "cut_at_180": report["split_at_antimeridian"],
+        "dropped": sum(report["dropped"].values()),
         "why_dropped": ", ".join(f"{k}: {v}" for k, v in report["dropped"].items()),
         "rows_written": report["rows_written"],
     })

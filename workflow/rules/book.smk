@@ -29,6 +29,6 @@ rule book:
         book_dir=lambda wc, output: str(Path(output.html).parent.parent),
         config=json.dumps(config, sort_keys=True),
     shell:
-        "{params.python} -m pvlake.book --data-dir {params.data_dir:q} --manifest {input.manifest:q}"
+        "{params.python:q} -m pvlake.book --data-dir {params.data_dir:q} --manifest {input.manifest:q}"
         " --book-dir {params.book_dir:q} --template book --node-modules book/node_modules"
         " --lock {input.lock:q} --config {params.config:q} > {log:q} 2>&1"

@@ -22,5 +22,5 @@ rule dedup:
             ground_truth=ground_truth_path(),
         ),
     shell:
-        "{params.python} -m pvlake.notebook {input.notebook} {log.notebook}"
-        " --params {params.nb:q} --log {log.text}"
+        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        " --params {params.nb:q} --log {log.text:q}"

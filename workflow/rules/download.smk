@@ -29,5 +29,5 @@ rule download:
             download=config["download"],
         ),
     shell:
-        "{params.python} -m pvlake.notebook {input.notebook} {log.notebook}"
-        " --params {params.nb:q} --log {log.text}"
+        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        " --params {params.nb:q} --log {log.text:q}"

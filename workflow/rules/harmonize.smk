@@ -26,5 +26,5 @@ rule harmonize:
             h3_resolution=config["h3_resolution"],
         ),
     shell:
-        "{params.python} -m pvlake.notebook {input.notebook} {log.notebook}"
-        " --params {params.nb:q} --log {log.text}"
+        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        " --params {params.nb:q} --log {log.text:q}"

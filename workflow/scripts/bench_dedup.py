@@ -3,11 +3,13 @@ realistic duplicate rate (~15%), against a straightforward geopandas approach (s
 overlay in a local UTM projection), and check both give identical clusters.
 
     .venv/bin/python workflow/scripts/bench_dedup.py [--n 450000] [--skip-baseline]
+        [--h3-resolution 10] [--flood 0]
 
 The synthetic set: unique sites in eight real regions (65% polygons - rooftops 4-40 m and
 a few farms up to 800 m - and 35% points), then duplicates making up ~15% of all records:
 shifted polygon copies, exact copies, points inside polygons and points 3-40 m from points,
-spread over four datasets. Each method runs in a fresh child process so that its peak
+spread over four datasets. ``--flood K`` adds K records at one identical point (a
+postcode-centroid artefact). Each method runs in a fresh child process so that its peak
 memory (ru_maxrss) is its own.
 """
 
@@ -106,7 +108,6 @@ def baseline_pairs(staging: gpd.GeoDataFrame, params) -> tuple[np.ndarray, np.nd
             m = np.asarray(members)
             left.append(np.repeat(m[0], len(m) - 1))
             right.append(m[1:])
-    lonlat = staging.geometry.to_numpy()
     region = np.argmin(
         [(staging["centroid_lon"] - x) ** 2 + (staging["centroid_lat"] - y) ** 2 for x, y, _ in REGIONS.values()],
         axis=0,
@@ -128,23 +129,26 @@ def baseline_pairs(staging: gpd.GeoDataFrame, params) -> tuple[np.ndarray, np.nd
         near_poly = gpd.sjoin(pts, polys.assign(geometry=polys.buffer(params.point_buffer_m * 1.01)),
                               predicate="within")
         a, b = near_poly["idx_left"].to_numpy(), near_poly["idx_right"].to_numpy()
-        ok = _geodesic_gap_m(lonlat[a], lonlat[b]) <= params.point_buffer_m
+        ok = _geodesic_gap_m(part.geometry, a, b, part.crs) <= params.point_buffer_m
         left.append(a[ok])
         right.append(b[ok])
         circles = pts.assign(geometry=pts.buffer(params.point_merge_m * 1.01))
         pp = gpd.sjoin(circles, pts, predicate="intersects")
         pp = pp[pp["idx_left"] < pp["idx_right"]]
         a, b = pp["idx_left"].to_numpy(), pp["idx_right"].to_numpy()
-        ok = _geodesic_gap_m(lonlat[a], lonlat[b]) < params.point_merge_m
+        ok = _geodesic_gap_m(part.geometry, a, b, part.crs) < params.point_merge_m
         left.append(a[ok])
         right.append(b[ok])
     return np.concatenate(left), np.concatenate(right)
 
 
-def _geodesic_gap_m(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Geodesic distance between the nearest points of lon/lat geometries a and b."""
-    ends = shapely.get_coordinates(shapely.shortest_line(a, b))
-    return pyproj.Geod(ellps="WGS84").inv(ends[0::2, 0], ends[0::2, 1], ends[1::2, 0], ends[1::2, 1])[2]
+def _geodesic_gap_m(projected: gpd.GeoSeries, a: np.ndarray, b: np.ndarray, crs) -> np.ndarray:
+    """Geodesic distance between the nearest points of geometries a and b: the nearest
+    points are found in the (conformal, locally metric) UTM frame, then measured on the
+    ellipsoid, as the rules define distances."""
+    ends = shapely.get_coordinates(shapely.shortest_line(projected.loc[a].to_numpy(), projected.loc[b].to_numpy()))
+    lon, lat = pyproj.Transformer.from_crs(crs, 4326, always_xy=True).transform(ends[:, 0], ends[:, 1])
+    return pyproj.Geod(ellps="WGS84").inv(lon[0::2], lat[0::2], lon[1::2], lat[1::2])[2]
 
 
 def labels_from_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -152,12 +156,26 @@ def labels_from_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     return pd.factorize(connected_components(graph, directed=False)[1])[0]
 
 
-def run_method(method: str, staging_path: Path) -> dict:
+def with_flood(staging: gpd.GeoDataFrame, k: int) -> gpd.GeoDataFrame:
+    """``staging`` plus k records of a fifth dataset at one identical point."""
+    if not k:
+        return staging
+    first = staging.iloc[[0]]
+    lon, lat = REGIONS["london"][:2]
+    flood = first.loc[first.index.repeat(k)].reset_index(drop=True).assign(
+        dataset="flood", geom_type="Point", area_m2=np.nan, centroid_lon=lon, centroid_lat=lat,
+        source_row=np.arange(k), pv_id=[f"flood{i:08d}" for i in range(k)],
+    )
+    flood = flood.set_geometry(gpd.GeoSeries(shapely.points(np.full(k, lon), np.full(k, lat)), crs=staging.crs))
+    return gpd.GeoDataFrame(pd.concat([staging, flood], ignore_index=True), geometry="geometry", crs=staging.crs)
+
+
+def run_method(method: str, staging_path: Path, h3_resolution: int) -> dict:
     """Run one method on the stored staging set; return time, memory and cluster labels."""
     from pvlake.dedup import DedupParams, dedup
 
     staging = gpd.read_parquet(staging_path)
-    params = DedupParams()
+    params = DedupParams(h3_resolution=h3_resolution)
     start, cpu0 = time.perf_counter(), _cpu_s()
     if method == "pvlake":
         prepared, _, labels = dedup(staging, {}, params)
@@ -180,22 +198,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=450_000)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--h3-resolution", type=int, default=10, help="dedup.h3_resolution")
+    parser.add_argument("--flood", type=int, default=0, help="records added at one identical point")
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "STAGING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_method(args.child[0], Path(args.child[1]))))
+        print(json.dumps(run_method(args.child[0], Path(args.child[1]), args.h3_resolution)))
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="bench_dedup_"))
     t = time.perf_counter()
-    staging = synthetic_staging(args.n)
+    staging = with_flood(synthetic_staging(args.n), args.flood)
     path = workdir / "staging.parquet"
     staging.to_parquet(path)
-    print(f"generated {len(staging):,} records ({DUPLICATE_SHARE:.0%} planted duplicates) "
-          f"in {time.perf_counter() - t:.1f} s")
+    print(f"generated {len(staging):,} records ({DUPLICATE_SHARE:.0%} planted duplicates, "
+          f"{args.flood:,} at one identical point) in {time.perf_counter() - t:.1f} s; "
+          f"dedup.h3_resolution {args.h3_resolution}")
     results = {}
     for method in ["pvlake"] + ([] if args.skip_baseline else ["geopandas"]):
-        out = subprocess.run([sys.executable, __file__, "--child", method, str(path)],
+        out = subprocess.run([sys.executable, __file__, "--child", method, str(path),
+                              "--h3-resolution", str(args.h3_resolution)],
                              check=True, capture_output=True, text=True)
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[method]

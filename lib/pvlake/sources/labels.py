@@ -160,7 +160,8 @@ class SourceFrame:
     source_file : str
         Provenance name (``<file>:<layer>`` for a GeoPackage layer).
     crs_from : str
-        Where the CRS came from: ``file``, ``manifest`` or ``geojson-default`` (RFC 7946).
+        Where the CRS came from: ``file``, ``manifest``, ``geojson-default`` (RFC 7946) or
+        ``default`` (a bare JSON array of [lon, lat], read as WGS84 lon/lat).
     """
 
     frame: gpd.GeoDataFrame
@@ -239,8 +240,11 @@ def _read_vector(spec: DatasetSpec, lf: LabelFile) -> SourceFrame:
     return SourceFrame(frame, name, crs_from)
 
 
-def _points_frame(spec, lf, attrs: pd.DataFrame, lon, lat) -> SourceFrame:
-    crs, crs_from = _resolve_crs(spec, lf, None)
+def _points_frame(spec, lf, attrs: pd.DataFrame, lon, lat, default_crs: str | None = None) -> SourceFrame:
+    if default_crs is not None and not spec.crs:
+        crs, crs_from = pyproj.CRS.from_user_input(default_crs), "default"
+    else:
+        crs, crs_from = _resolve_crs(spec, lf, None)
     lon = pd.to_numeric(pd.Series(lon), errors="coerce").to_numpy(float)
     lat = pd.to_numeric(pd.Series(lat), errors="coerce").to_numpy(float)
     geoms = shapely.points(lon, lat)
@@ -273,7 +277,9 @@ def _read_json_points(spec: DatasetSpec, lf: LabelFile) -> SourceFrame:
     if not ok:
         raise DatasetError(spec.name, lf.source_file, "expected a JSON array of [lon, lat] pairs")
     xy = np.asarray([p[:2] for p in data], dtype=float).reshape(-1, 2)
-    return _points_frame(spec, lf, pd.DataFrame(index=range(len(xy))), xy[:, 0], xy[:, 1])
+    # A bare array cannot declare a CRS: read it as RFC 7946 reads GeoJSON, WGS84 lon/lat
+    # (harmonize's coordinate check refuses files that are not).
+    return _points_frame(spec, lf, pd.DataFrame(index=range(len(xy))), xy[:, 0], xy[:, 1], default_crs="OGC:CRS84")
 
 
 def read_labels(spec: DatasetSpec, lf: LabelFile) -> SourceFrame:
