@@ -3,6 +3,7 @@ import numpy as np
 import pyproj
 import pytest
 import shapely
+import shapely.affinity
 
 from pvlake import geo
 
@@ -90,3 +91,66 @@ def test_h3_cells_agree_with_h3_library():
 def test_centroid_of_point_is_the_point():
     lon, lat = geo.centroid_lonlat(np.array([shapely.Point(3, 4), square(0, 0, 2)], dtype=object))
     assert list(lon) == [3, 1] and list(lat) == [4, 1]
+
+
+# -- the antimeridian, coordinate checks, local metric frames -----------------------------
+
+
+def test_split_antimeridian_cuts_a_crossing_polygon_with_its_hole():
+    # as PROJ returns a farm across 180°: edges jump from +179.999 to -179.999
+    shell = [(179.998, -17.001), (-179.998, -17.001), (-179.998, -16.999), (179.998, -16.999)]
+    hole = [(179.9995, -17.0005), (179.9995, -16.9995), (-179.9995, -16.9995), (-179.9995, -17.0005)]
+    poly = shapely.Polygon(shell, [hole])
+    (cut,), split = geo.split_antimeridian(np.array([poly], dtype=object))
+    assert split[0] and cut.is_valid and cut.geom_type == "MultiPolygon" and len(cut.geoms) == 2
+    west, east = sorted(cut.geoms, key=lambda p: p.bounds[0])
+    assert west.bounds[0] == -180.0 and east.bounds[2] == 180.0
+    assert all(len(p.interiors) == 0 for p in cut.geoms)  # the hole is cut too: a notch on each side
+    area = geo.geodesic_area_m2(geo.repair(np.array([cut], dtype=object))[0])[0]
+    assert area == pytest.approx(abs(geo.GEOD.geometry_area_perimeter(poly)[0]), rel=1e-6)  # geodesic edges cross 180
+    lon, lat = geo.centroid_lonlat(np.array([cut], dtype=object))
+    assert abs(abs(lon[0]) - 180) < 1e-6 and lat[0] == pytest.approx(-17.0)
+
+
+def test_split_antimeridian_leaves_other_shapes_alone():
+    already_cut = shapely.MultiPolygon([shapely.box(179.9, 0, 180, 0.1), shapely.box(-180, 0, -179.9, 0.1)])
+    ordinary = shapely.box(10, 10, 10.01, 10.01)
+    geoms = np.array([already_cut, ordinary, shapely.Point(180, 0), None], dtype=object)
+    out, split = geo.split_antimeridian(geoms)
+    assert not split.any() and all(a is b for a, b in zip(out, geoms))
+
+
+def test_unwrapped_bounds_give_the_extent_of_a_cut_shape():
+    cut = shapely.MultiPolygon([shapely.box(179.999, 0, 180, 0.001), shapely.box(-180, 0, -179.999, 0.001)])
+    # parts around the globe: no longitude range of less than 180° holds them, left as is
+    wide = shapely.MultiPolygon([shapely.box(x, 0, x + 1, 1) for x in (-100, 0, 100)])
+    b = geo.unwrapped_bounds(np.array([cut, wide], dtype=object))
+    np.testing.assert_allclose(b[0], [179.999, 0, 180.001, 0.001])
+    np.testing.assert_allclose(b[1], [-100, 0, 101, 1])
+
+
+def test_coordinate_faults_name_their_reason():
+    geoms = np.array([shapely.Point(181, 0), shapely.Point(0, -91), shapely.Point(np.inf, 0),
+                      shapely.box(0, 0, 1e30, 1), shapely.Point(180, 90), shapely.Point(-180 - 1e-9, 0), None],
+                     dtype=object)
+    assert list(geo.coordinate_faults(geoms)) == [
+        "out_of_range_coordinates", "out_of_range_coordinates", "non_finite_coordinates",
+        "out_of_range_coordinates", None, None, None,
+    ]
+    clipped = geo.clip_to_range(geoms[5:6])
+    assert shapely.get_x(clipped[0]) == -180.0
+
+
+@pytest.mark.parametrize("lat", [0.0, 45.0, 70.0, 89.0])
+def test_point_geometry_distance_matches_proj_aeqd(lat):
+    rng = np.random.default_rng(int(lat))
+    lons = rng.uniform(-179.9, 179.9, 20)
+    polys, expected = [], []
+    for lon in lons:
+        aeqd = pyproj.CRS(proj="aeqd", lat_0=lat, lon_0=lon, ellps="WGS84")
+        back = pyproj.Transformer.from_crs(aeqd, 4326, always_xy=True)
+        local = shapely.affinity.rotate(shapely.box(5, -3, 25, 4), rng.uniform(0, 360), origin=(0, 0))
+        polys.append(shapely.transform(local, lambda xy: np.column_stack(back.transform(xy[:, 0], xy[:, 1]))))
+        expected.append(local.distance(shapely.Point(0, 0)))
+    got = geo.point_geometry_distance_m(lons, np.full(len(lons), lat), np.array(polys, dtype=object))
+    np.testing.assert_allclose(got, expected, atol=1e-3)
