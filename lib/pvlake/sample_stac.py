@@ -23,8 +23,8 @@ Planted cases, recorded in ``stac/planted.json`` for the tests:
 - ``partial_cover``: over Aswan (Egypt) every acquisition ends at a swath edge that runs
   north-south through the middle of one solar farm (real Sentinel-2 tiles at the edge
   of an orbit's swath have such partial footprints); farms east of it have no scene;
-- ``tie``: over one Seville tile, two 2024 acquisitions have the same cloud cover: the
-  selection must keep the more recent one.
+- ``tie``: on the one tile over a Phoenix installation that no other tile covers, two 2024
+  acquisitions have the same cloud cover: the selection must keep the more recent one.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ COORD_DIGITS = 6  # ~10 cm: finer than a 10 m pixel, and small JSON
 NO_SCENE_PLACE = "Mildura"
 CLOUDY_PLACE = "Upington"
 PARTIAL_PLACE = "Aswan"
-TIE_PLACE = "Seville"
+TIE_PLACE = "Phoenix"
 
 # name, common name, centre wavelength (um), full width at half maximum (um), Sentinel-2 band
 BANDS = (
@@ -241,6 +241,9 @@ def write_sample_catalog(installations: list[BaseGeometry], places: dict, out_di
             if key not in tiles:
                 tiles[key] = Tile(*key)
             tile_places.setdefault(key, set()).add(place)
+    # the planted tie: on the one tile over an installation that no other tile covers
+    tie_key = next(keys[0] for c, place in zip(centres, at_place)
+                   if place == TIE_PLACE and len(keys := tiles_over(c.x, c.y)) == 1)
     edge_zone = utm_zone(farm.centroid.x)
     to_utm = Transformer.from_crs(4326, utm_epsg(edge_zone, farm.centroid.y >= 0), always_xy=True)
     edge_e, _ = to_utm.transform(farm.centroid.x, farm.centroid.y)
@@ -257,7 +260,7 @@ def write_sample_catalog(installations: list[BaseGeometry], places: dict, out_di
         summaries=pystac.Summaries({"platform": ["sentinel-2a", "sentinel-2b"], "constellation": ["sentinel-2"],
                                     "gsd": [PIXEL_M], "instruments": ["msi"]}),
     )
-    tie_tile = None
+    tie_tile = tiles[tie_key].name
     items = []
     for key in sorted(tiles):
         tile = tiles[key]
@@ -277,8 +280,7 @@ def write_sample_catalog(installations: list[BaseGeometry], places: dict, out_di
             dates = sorted({acquisition(rng, year, tile.centre[0]) for _ in range(DATES_PER_YEAR)})
             while len(dates) < DATES_PER_YEAR:
                 dates = sorted(set(dates) | {acquisition(rng, year, tile.centre[0])})
-            if TIE_PLACE in places_here and tie_tile is None and year == YEARS[-1]:
-                tie_tile = tile.name
+            if key == tie_key and year == YEARS[-1]:
                 clouds = np.array([5.0, 20.0, 20.0])
             for i, (when, cloud) in enumerate(zip(dates, clouds)):
                 platform = "sentinel-2a" if (i + key[2]) % 2 == 0 else "sentinel-2b"
@@ -292,7 +294,7 @@ def write_sample_catalog(installations: list[BaseGeometry], places: dict, out_di
     for old in sorted(out_dir.glob(f"{COLLECTION}/*/*.json")):
         old.unlink()
     catalog.save(pystac.CatalogType.SELF_CONTAINED, stac_io=CompactStacIO())
-    tie_items = sorted((it for it in items if tie_tile and tie_tile in it.id and it.datetime.year == YEARS[-1]),
+    tie_items = sorted((it for it in items if tie_tile in it.id and it.datetime.year == YEARS[-1]),
                        key=lambda it: it.datetime)
     planted = {
         "no_scene": {"place": NO_SCENE_PLACE},

@@ -33,7 +33,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from .io import atomic_path, write_json
 from .layout import Layout
-from .sources.http import RepositoryError, failure_reason, http_reason, http_session
+from .sources.http import failure_reason, http_reason, http_session
 
 CATALOG_TYPES = ("api", "static")
 
