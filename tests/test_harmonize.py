@@ -297,3 +297,72 @@ def test_a_file_proj_cannot_transform_is_refused(tmp_path):
     write_features(tmp_path / "nowhere.gpkg", [shapely.Point(5e7, 1e7 + i) for i in range(3)], crs="EPSG:32631")
     with pytest.raises(DatasetError, match=r"nowhere.gpkg.*3 of 3 geometries.*EPSG:32631 \(CRS from file\).*PROJ could not"):
         run(tmp_path, label_fmt="gpkg")
+
+
+# --- what used to be lost silently: a wrong id_col, unparseable numbers, collections -----
+
+
+def test_an_id_col_the_file_lacks_is_refused_with_the_columns_present(mixed_geojson):
+    with pytest.raises(DatasetError, match=r"file labels.geojson: id_col 'sidd' is not a column of this file; "
+                                           r"columns present: sid, km2, mw, yr, note"):
+        run(mixed_geojson, id_col="sidd")
+
+
+def test_a_geopackage_fid_is_readable_as_id_col(tmp_path):
+    gdf = gpd.GeoDataFrame({"name": ["a", "b", "c"]}, geometry=[shapely.Point(i, i) for i in range(3)], crs=4326)
+    gdf.to_file(tmp_path / "pv.gpkg", layer="pv")
+    staging, _ = run(tmp_path, label_fmt="gpkg", id_col="fid")
+    assert list(staging["source_id"]) == ["1", "2", "3"]  # the GeoPackage primary key
+
+
+def decimal_comma_geojson(path):
+    feats = [{"type": "Feature", "properties": {"kw": kw, "yr": yr}, "geometry": {"type": "Point", "coordinates": [i, i]}}
+             for i, (kw, yr) in enumerate([("12,5", "2019"), ("1.234,5", "2020"), (7.5, None), ("n/a", "unknown"), ("", None)])]
+    (path / "pv.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return path
+
+
+def test_unparseable_attribute_values_are_counted_per_column(tmp_path):
+    columns = {"capacity_mw": {"col": "kw", "unit": "kW"}, "install_year": {"col": "yr"}}
+    staging, report = run(decimal_comma_geojson(tmp_path), columns=columns)
+    assert report["unparseable"] == {"kw": 3, "yr": 1}  # "12,5", "1.234,5", "n/a"; "unknown"
+    assert report["files"][0]["unparseable"] == {"kw": 3, "yr": 1}
+    assert staging["capacity_mw"].notna().sum() == 1  # only the JSON number 7.5
+    assert "kw: 3" in report_table(report)["unparseable"].iloc[-1]
+
+
+def test_decimal_commas_are_read_where_the_manifest_says_so(tmp_path):
+    columns = {"capacity_mw": {"col": "kw", "unit": "kW"}, "install_year": {"col": "yr"}}
+    staging, report = run(decimal_comma_geojson(tmp_path), columns=columns, decimal=",")
+    assert report["unparseable"] == {"kw": 1, "yr": 1}  # "n/a" and "unknown" only
+    np.testing.assert_allclose(staging["capacity_mw"].to_numpy()[:3], [0.0125, 1.2345, 0.0075])
+
+
+def test_a_semicolon_csv_with_decimal_commas_is_read(tmp_path):
+    (tmp_path / "pv.csv").write_text("id;lon;lat;kw\n1;12,5;45,25;3,2\n2;-3,75;51,5;10\n3;x;51,5;4\n")
+    staging, report = run(tmp_path, label_fmt="csv", lon_col="lon", lat_col="lat", crs="WGS84", decimal=",",
+                          id_col="id", columns={"capacity_mw": {"col": "kw", "unit": "kW"}})
+    assert list(staging["centroid_lon"]) == [12.5, -3.75] and list(staging["centroid_lat"]) == [45.25, 51.5]
+    np.testing.assert_allclose(staging["capacity_mw"], [0.0032, 0.01])
+    assert report["unparseable"] == {"lon": 1} and report["dropped"] == {"null_geometry": 1}
+
+
+def test_a_tab_separated_csv_and_a_manifest_delimiter(tmp_path):
+    (tmp_path / "pv.csv").write_text("lon\tlat\n10.5\t45.0\n11.5\t46.0\n")
+    staging, _ = run(tmp_path, label_fmt="csv", lon_col="lon", lat_col="lat", crs="WGS84")
+    assert list(staging["centroid_lon"]) == [10.5, 11.5]
+    (tmp_path / "pv.csv").write_text("lon|lat\n10.5|45.0\n")
+    staging, _ = run(tmp_path, label_fmt="csv", lon_col="lon", lat_col="lat", crs="WGS84", delimiter="|")
+    assert list(staging["centroid_lat"]) == [45.0]
+
+
+def test_geometry_collections_keep_their_polygons_and_are_counted(tmp_path):
+    blocks = shapely.GeometryCollection([shapely.box(10, 10, 10.001, 10.001), shapely.box(10.002, 10, 10.003, 10.001),
+                                         shapely.Point(10.0015, 10.0005)])
+    points_only = shapely.GeometryCollection([shapely.Point(1, 1)])
+    gdf = gpd.GeoDataFrame({"n": [1, 2]}, geometry=[blocks, points_only], crs=4326)
+    gdf.to_file(tmp_path / "pv.geojson", driver="GeoJSON")
+    staging, report = run(tmp_path)
+    assert report["polygons_from_collections"] == 1
+    assert report["dropped"] == {"unsupported_type:GeometryCollection": 1}
+    assert staging["geom_type"].tolist() == ["MultiPolygon"] and len(staging.geometry.iloc[0].geoms) == 2

@@ -223,6 +223,34 @@ def _polygonal_part(geom):
     return None
 
 
+def polygonal_collections(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GeometryCollections replaced by their polygonal parts (a Polygon or MultiPolygon).
+
+    Some exports wrap a site's panel blocks in a GeometryCollection; its polygons are the
+    installation, as after a repair (stray points or lines in it are not). Collections
+    without a polygon are left for :func:`repair` to drop as unsupported.
+
+    Returns
+    -------
+    geoms : numpy.ndarray
+    converted : numpy.ndarray of bool
+        Rows whose collection was replaced by its polygonal parts.
+    """
+    geoms = np.asarray(geoms, dtype=object)
+    converted = np.zeros(len(geoms), dtype=bool)
+    live = ~shapely.is_missing(geoms)
+    collections = np.flatnonzero(live & (shapely.get_type_id(geoms) == 7))
+    if not len(collections):
+        return geoms, converted
+    geoms = geoms.copy()
+    for i in collections:
+        part = _polygonal_part(geoms[i])
+        if part is not None:
+            geoms[i] = part
+            converted[i] = True
+    return geoms, converted
+
+
 def repair(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Make geometries usable: repair invalid polygons, flag what cannot be kept.
 

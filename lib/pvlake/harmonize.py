@@ -24,6 +24,7 @@ from .errors import DatasetError
 from .io import write_geoparquet, write_json
 from .manifest import DatasetSpec
 from .sources import LabelFile, SourceFrame, find_label_files, read_labels
+from .sources.labels import parse_numbers
 
 SCHEMA: dict[str, str] = {
     "pv_id": "string",
@@ -78,6 +79,10 @@ def _json_value(v):
     return v if isinstance(v, (int, str, bool)) else str(v)
 
 
+CANONICAL_ATTRIBUTES = ("capacity_mw", "install_year", "source_area_m2")
+"""Canonical columns a manifest's ``columns`` map fills from source columns."""
+
+
 def keep_cols_json(frame: pd.DataFrame, keep_cols: tuple[str, ...]) -> np.ndarray:
     """Row-wise JSON objects of the kept source columns present in ``frame``."""
     cols = [c for c in keep_cols if c in frame.columns]
@@ -126,12 +131,25 @@ def make_pv_ids(dataset: str, source_file: np.ndarray, source_id: np.ndarray, ge
     return ids
 
 
-def _canonical_attribute(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> np.ndarray:
+def canonical_attribute(frame: pd.DataFrame, spec: DatasetSpec, name: str) -> tuple[np.ndarray, int]:
+    """A canonical attribute (manifest ``columns``) in its canonical unit, and how many
+    source values were there but did not parse as numbers (they become null)."""
     src = spec.columns.get(name)
     if src is None or src.col not in frame.columns:
-        return np.full(len(frame), np.nan)
-    values = pd.to_numeric(frame[src.col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    return values * src.factor
+        return np.full(len(frame), np.nan), 0
+    values, unparseable = parse_numbers(frame[src.col], spec.decimal)
+    return values * src.factor, int(unparseable.sum())
+
+
+def check_id_col(spec: DatasetSpec, sf: SourceFrame) -> None:
+    """Refuse a file without the manifest's ``id_col``: its ids would silently become
+    geometry hashes."""
+    if spec.id_col and spec.id_col not in sf.frame.columns:
+        present = [c for c in sf.frame.columns if c != sf.frame.geometry.name]
+        raise DatasetError(
+            spec.name, sf.source_file,
+            f"id_col {spec.id_col!r} is not a column of this file; columns present: {', '.join(map(str, present)) or 'none'}",
+        )
 
 
 def unexpected_geom_types(found: Counter, declared: set[str]) -> dict[str, int]:
@@ -201,20 +219,24 @@ def harmonize_frame(sf: SourceFrame, spec: DatasetSpec, h3_resolution: int) -> t
     frame : geopandas.GeoDataFrame
         Kept rows in file order, canonical columns except ``pv_id``.
     stats : dict
-        ``rows_read``, ``repaired``, ``split_at_antimeridian``, ``dropped`` (reason ->
-        count), ``rows_written``.
+        ``rows_read``, ``repaired``, ``split_at_antimeridian``,
+        ``polygons_from_collections``, ``dropped`` (reason -> count), ``unparseable``
+        (source column -> values that are not numbers, made null), ``rows_written``.
 
     Raises
     ------
     DatasetError
-        When most coordinates are impossible after reprojection (:func:`check_coordinates`).
+        When most coordinates are impossible after reprojection (:func:`check_coordinates`)
+        or the file lacks the manifest's ``id_col`` (:func:`check_id_col`).
     """
     src = sf.frame
+    check_id_col(spec, sf)
     geoms = geo.to_wgs84(src.geometry.to_numpy(), src.crs)
     faults = geo.coordinate_faults(geoms)
     check_coordinates(spec, sf, faults)
     faulty = pd.notna(faults)
     geoms[faulty] = None
+    geoms, from_collections = geo.polygonal_collections(geoms)
     geoms, split = geo.split_antimeridian(geo.clip_to_range(geoms))
     geoms, repaired, reason = geo.repair(geoms)
     reason[faulty] = faults[faulty]
@@ -222,7 +244,12 @@ def harmonize_frame(sf: SourceFrame, spec: DatasetSpec, h3_resolution: int) -> t
     kept = src.loc[keep]
     geoms = geoms[keep]
     lon, lat = geo.centroid_lonlat(geoms)
-    year = _canonical_attribute(kept, spec, "install_year")
+    attributes, unparseable = {}, dict(sf.unparseable)
+    for name in CANONICAL_ATTRIBUTES:
+        attributes[name], n_bad = canonical_attribute(kept, spec, name)
+        if n_bad:
+            unparseable[spec.columns[name].col] = n_bad
+    year = attributes["install_year"]
     out = gpd.GeoDataFrame(
         {
             "dataset": spec.name,
@@ -232,9 +259,9 @@ def harmonize_frame(sf: SourceFrame, spec: DatasetSpec, h3_resolution: int) -> t
             "centroid_lon": lon,
             "centroid_lat": lat,
             "h3_cell": geo.h3_cells(lon, lat, h3_resolution),
-            "capacity_mw": _canonical_attribute(kept, spec, "capacity_mw"),
+            "capacity_mw": attributes["capacity_mw"],
             "install_year": pd.array(np.where(np.isfinite(year), np.round(year), np.nan), dtype="Float64").astype("Int32"),
-            "source_area_m2": _canonical_attribute(kept, spec, "source_area_m2"),
+            "source_area_m2": attributes["source_area_m2"],
             "attributes": keep_cols_json(kept, spec.keep_cols),
             "source_file": sf.source_file,
             "source_row": np.flatnonzero(keep),
@@ -250,7 +277,9 @@ def harmonize_frame(sf: SourceFrame, spec: DatasetSpec, h3_resolution: int) -> t
         "rows_read": int(len(src)),
         "repaired": int(repaired.sum()),
         "split_at_antimeridian": int(split.sum()),
+        "polygons_from_collections": int(from_collections.sum()),
         "dropped": dict(sorted(Counter(r for r in reason if r is not None).items())),
+        "unparseable": dict(sorted(unparseable.items())),
         "rows_written": int(keep.sum()),
         "keep_cols_missing": [c for c in spec.keep_cols if c not in src.columns],
     }
@@ -315,8 +344,10 @@ def harmonize_dataset(
         per_file.append(stats)
     staging = finalize(frames, spec.name)
     dropped: Counter = Counter()
+    unparseable: Counter = Counter()
     for s in per_file:
         dropped.update(s["dropped"])
+        unparseable.update(s["unparseable"])
     report = {
         "dataset": spec.name,
         "label_fmt": spec.label_fmt,
@@ -325,7 +356,9 @@ def harmonize_dataset(
         "rows_read": sum(s["rows_read"] for s in per_file),
         "repaired": sum(s["repaired"] for s in per_file),
         "split_at_antimeridian": sum(s["split_at_antimeridian"] for s in per_file),
+        "polygons_from_collections": sum(s["polygons_from_collections"] for s in per_file),
         "dropped": dict(sorted(dropped.items())),
+        "unparseable": dict(sorted(unparseable.items())),
         "rows_written": int(len(staging)),
         "geom_types": dict(sorted(Counter(staging["geom_type"]).items())),
         "unexpected_geom_types": unexpected_geom_types(Counter(staging["geom_type"]), spec.declared_geom_types),
@@ -347,23 +380,20 @@ def dataset_root(spec: DatasetSpec, layout) -> Path | None:
 
 def report_table(report: dict) -> pd.DataFrame:
     """Per-file counts of a harmonize report, one row per file plus a total row."""
-    rows = []
-    for f in report["files"]:
-        rows.append({
-            "source_file": f["source_file"],
-            "crs": f"{f['crs']} ({f['crs_from']})",
-            "rows_read": f["rows_read"],
-            "repaired": f["repaired"],
-            "cut_at_180": f["split_at_antimeridian"],
-            "dropped": sum(f["dropped"].values()),
-            "why_dropped": ", ".join(f"{k}: {v}" for k, v in f["dropped"].items()),
-            "rows_written": f["rows_written"],
-        })
-    rows.append({
-        "source_file": "total", "crs": "EPSG:4326 (output)", "rows_read": report["rows_read"],
-        "repaired": report["repaired"], "cut_at_180": report["split_at_antimeridian"],
-        "dropped": sum(report["dropped"].values()),
-        "why_dropped": ", ".join(f"{k}: {v}" for k, v in report["dropped"].items()),
-        "rows_written": report["rows_written"],
-    })
+
+    def counts(part: dict) -> dict:
+        return {
+            "rows_read": part["rows_read"],
+            "repaired": part["repaired"],
+            "cut_at_180": part["split_at_antimeridian"],
+            "from_collections": part["polygons_from_collections"],
+            "dropped": sum(part["dropped"].values()),
+            "why_dropped": ", ".join(f"{k}: {v}" for k, v in part["dropped"].items()),
+            "unparseable": ", ".join(f"{k}: {v}" for k, v in part["unparseable"].items()),
+            "rows_written": part["rows_written"],
+        }
+
+    rows = [{"source_file": f["source_file"], "crs": f"{f['crs']} ({f['crs_from']})", **counts(f)}
+            for f in report["files"]]
+    rows.append({"source_file": "total", "crs": "EPSG:4326 (output)", **counts(report)})
     return pd.DataFrame(rows)

@@ -7,6 +7,8 @@ The format is the upstream thesis project's ``doi_manifest.json`` (fields ``doi`
 - ``"repo": "local"`` and ``"path"``: a file or folder on disk, relative to the manifest;
 - ``layer``: the GeoPackage layer to read (name or regular expression);
 - ``lon_col`` / ``lat_col``: coordinate columns of a CSV;
+- ``delimiter``: a CSV's field separator (detected among ``, ; tab |`` when absent);
+- ``decimal``: ``","`` where numbers are written with a decimal comma (``"12,5"``);
 - ``id_col``: a column holding a unique source id;
 - ``columns``: canonical attributes taken from source columns with their unit, e.g.
   ``{"capacity_mw": {"col": "power", "unit": "MW"}}``;
@@ -41,6 +43,8 @@ GEOMETRY_TYPES = ("Point", "MultiPoint", "Polygon", "MultiPolygon")
 REPOSITORIES = ("local", "zenodo", "figshare", "sciencebase", "github", "direct_download", "url")
 
 ARCHIVE_SUFFIXES = (".zip",)
+
+DECIMAL_MARKS = (".", ",")
 
 CANONICAL_COLUMNS: dict[str, dict[str, float]] = {
     "capacity_mw": {"W": 1e-6, "kW": 1e-3, "MW": 1.0, "GW": 1e3},
@@ -104,6 +108,8 @@ class DatasetSpec:
     layer: str | None = None
     lon_col: str | None = None
     lat_col: str | None = None
+    delimiter: str | None = None
+    decimal: str = "."
     priority: int = 0
     skip: bool = False
 
@@ -147,6 +153,10 @@ class DatasetSpec:
             raise DatasetError(self.name, None, "a 'local' dataset needs a 'path'")
         if self.label_fmt == "csv" and not (self.lon_col and self.lat_col):
             raise DatasetError(self.name, None, "label_fmt 'csv' needs 'lon_col' and 'lat_col'")
+        if self.decimal not in DECIMAL_MARKS:
+            raise DatasetError(self.name, None, f"decimal {self.decimal!r} unknown; use one of {', '.join(map(repr, DECIMAL_MARKS))}")
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise DatasetError(self.name, None, f"delimiter {self.delimiter!r} must be one character")
         for canonical, unit_spec in (self.entry.get("columns") or {}).items():
             if canonical not in CANONICAL_COLUMNS:
                 raise DatasetError(
@@ -211,6 +221,8 @@ def parse_entry(name: str, entry: dict, base_dir: Path) -> DatasetSpec:
         id_col=entry.get("id_col"),
         columns=_columns(entry),
         layer=entry.get("layer"),
+        delimiter=entry.get("delimiter"),
+        decimal=entry.get("decimal") or ".",
         lon_col=entry.get("lon_col"),
         lat_col=entry.get("lat_col"),
         priority=int(entry.get("priority", 0)),

@@ -8,11 +8,12 @@ source CRS, whatever the format: GeoJSON, ESRI Shapefile (plain or zipped), GeoP
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
@@ -149,6 +150,53 @@ def find_label_files(spec: DatasetSpec, root: str | Path | None = None) -> list[
     return selected
 
 
+THOUSANDS_DOTS = re.compile(r"^[+-]?\d{1,3}(\.\d{3})+$")
+GROUPING = re.compile(r"[.\s\u00a0\u202f]")
+
+
+def _decimal_comma_to_point(text: str) -> str:
+    """``"1.234,5"`` -> ``"1234.5"``; ``"1.234"`` (dots grouping thousands) -> ``"1234"``;
+    text with a dot but no comma that is no thousands grouping (``"7.5"``, a number GDAL
+    turned into text) is left as it is."""
+    if "," in text:
+        return GROUPING.sub("", text).replace(",", ".")
+    if THOUSANDS_DOTS.match(text):
+        return text.replace(".", "")
+    return text
+
+
+def parse_numbers(values, decimal: str = ".") -> tuple[np.ndarray, np.ndarray]:
+    """Numbers of a source column as floats, and which values were there but did not parse.
+
+    Parameters
+    ----------
+    values : array-like
+        The column as read (numbers, strings, nulls).
+    decimal : str
+        ``","`` reads text such as ``"1.234,5"`` as 1234.5 (decimal comma, dot or space
+        thousands); numbers already typed as such are taken as they are.
+
+    Returns
+    -------
+    numbers : numpy.ndarray of float
+        NaN where a value is missing or unparseable.
+    unparseable : numpy.ndarray of bool
+        Non-empty values that are not numbers (``"n/a"``, ``"12,5"`` without ``decimal=","``).
+    """
+    column = pd.Series(values, copy=False)
+    if column.dtype.kind in "biuf":
+        return column.to_numpy(dtype=float, na_value=np.nan), np.zeros(len(column), dtype=bool)
+    column = column.astype(object)
+    text = column.map(lambda v: v.strip() if isinstance(v, str) else v)
+    present = text.notna().to_numpy() & (text != "").to_numpy()
+    if decimal == ",":
+        is_text = text.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool)
+        text = text.copy()
+        text[is_text] = text[is_text].map(_decimal_comma_to_point)
+    numbers = pd.to_numeric(text.where(present), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return numbers, present & np.isnan(numbers)
+
+
 @dataclass
 class SourceFrame:
     """Features of one file in their source CRS, before harmonization.
@@ -162,11 +210,15 @@ class SourceFrame:
     crs_from : str
         Where the CRS came from: ``file``, ``manifest``, ``geojson-default`` (RFC 7946) or
         ``default`` (a bare JSON array of [lon, lat], read as WGS84 lon/lat).
+    unparseable : dict
+        Coordinate column -> count of values that were there but are not numbers (their
+        rows have no geometry).
     """
 
     frame: gpd.GeoDataFrame
     source_file: str
     crs_from: str
+    unparseable: dict[str, int] = field(default_factory=dict)
 
 
 def parse_crs(spec: DatasetSpec, lf: LabelFile, value: str) -> pyproj.CRS:
@@ -219,14 +271,26 @@ def pick_layer(spec: DatasetSpec, lf: LabelFile) -> str | None:
     )
 
 
+def _reads_fid(spec: DatasetSpec, info: dict) -> bool:
+    """Whether the manifest's ``id_col`` names the layer's feature id (a GeoPackage's
+    ``fid`` primary key, a shapefile's implicit FID), which is not an attribute field."""
+    if not spec.id_col or spec.id_col in set(info["fields"]):
+        return False
+    return spec.id_col.lower() == (info.get("fid_column") or "fid").lower()
+
+
 def _read_vector(spec: DatasetSpec, lf: LabelFile) -> SourceFrame:
     layer = pick_layer(spec, lf) if spec.label_fmt == "gpkg" else None
     info = pyogrio.read_info(lf.gdal_path, layer=layer)
+    fid = _reads_fid(spec, info)
     # Nullable integers stay integers (ids with gaps would otherwise become floats).
     frame = pyogrio.read_dataframe(
-        lf.gdal_path, layer=layer, use_arrow=True,
+        lf.gdal_path, layer=layer, use_arrow=True, fid_as_index=fid,
         arrow_to_pandas_kwargs={"types_mapper": NULLABLE_INTEGERS.get},
     )
+    if fid:
+        frame[spec.id_col] = frame.index.to_numpy()
+        frame = frame.reset_index(drop=True)
     declared = info["crs"]
     if spec.label_fmt == "geojson" and not _geojson_declares_crs(lf) and declared in ("EPSG:4326", "OGC:CRS84"):
         declared = None
@@ -240,30 +304,52 @@ def _read_vector(spec: DatasetSpec, lf: LabelFile) -> SourceFrame:
     return SourceFrame(frame, name, crs_from)
 
 
-def _points_frame(spec, lf, attrs: pd.DataFrame, lon, lat, default_crs: str | None = None) -> SourceFrame:
+def _points_frame(spec, lf, attrs: pd.DataFrame, lon, lat, default_crs: str | None = None,
+                  names: tuple[str, str] = ("lon", "lat")) -> SourceFrame:
     if default_crs is not None and not spec.crs:
         crs, crs_from = pyproj.CRS.from_user_input(default_crs), "default"
     else:
         crs, crs_from = _resolve_crs(spec, lf, None)
-    lon = pd.to_numeric(pd.Series(lon), errors="coerce").to_numpy(float)
-    lat = pd.to_numeric(pd.Series(lat), errors="coerce").to_numpy(float)
+    lon, bad_lon = parse_numbers(lon, spec.decimal)
+    lat, bad_lat = parse_numbers(lat, spec.decimal)
     geoms = shapely.points(lon, lat)
     geoms[~(np.isfinite(lon) & np.isfinite(lat))] = None
-    return SourceFrame(gpd.GeoDataFrame(attrs, geometry=geoms, crs=crs), lf.source_file, crs_from)
+    unparseable = {name: int(bad.sum()) for name, bad in zip(names, (bad_lon, bad_lat)) if bad.any()}
+    return SourceFrame(gpd.GeoDataFrame(attrs, geometry=geoms, crs=crs), lf.source_file, crs_from, unparseable)
+
+
+CSV_DELIMITERS = ",;\t|"
+CSV_SNIFF_BYTES = 65536
+
+
+def csv_delimiter(spec: DatasetSpec, lf: LabelFile) -> str:
+    """The manifest's ``delimiter``, else the one the file's first lines use consistently
+    (European exports separate fields with ``;`` because ``,`` is their decimal mark)."""
+    if spec.delimiter:
+        return spec.delimiter
+    head = lf.read_bytes(CSV_SNIFF_BYTES).decode("utf-8", errors="replace")
+    lines = head.splitlines()
+    sample = "\n".join(lines[:-1] if len(lines) > 1 and not head.endswith("\n") else lines)
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:
+        return ","
 
 
 def _read_csv(spec: DatasetSpec, lf: LabelFile) -> SourceFrame:
+    delimiter = csv_delimiter(spec, lf)
     try:
-        df = pd.read_csv(io.BytesIO(lf.read_bytes()))
+        df = pd.read_csv(io.BytesIO(lf.read_bytes()), sep=delimiter)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DatasetError(spec.name, lf.source_file, f"not a readable CSV ({exc})") from exc
     missing = [c for c in (spec.lon_col, spec.lat_col) if c not in df.columns]
     if missing:
         raise DatasetError(
             spec.name, lf.source_file,
-            f"CSV lacks coordinate column(s) {missing}; columns present: {', '.join(map(str, df.columns))}",
+            f"CSV lacks coordinate column(s) {missing}; columns present: {', '.join(map(str, df.columns))} "
+            f"(fields separated by {delimiter!r}; set 'delimiter' in the manifest if that is wrong)",
         )
-    return _points_frame(spec, lf, df, df[spec.lon_col], df[spec.lat_col])
+    return _points_frame(spec, lf, df, df[spec.lon_col], df[spec.lat_col], names=(spec.lon_col, spec.lat_col))
 
 
 def _read_json_points(spec: DatasetSpec, lf: LabelFile) -> SourceFrame:
