@@ -121,13 +121,21 @@ def test_installations_close_together_share_one_search():
     assert [g.bbox for g in more] == [g.bbox for g in groups]
 
 
-def test_a_group_across_the_antimeridian_searches_two_boxes():
-    geoms = shapely.points([179.999, -179.999], [-17.0, -17.0])
+@pytest.mark.parametrize("lons", [[179.999, -179.999], [179.95, -179.95]])  # footprints cut at 180 or not
+def test_a_group_across_the_antimeridian_searches_two_boxes(lons):
+    geoms = shapely.points(lons, [-17.0, -17.0])
     footprints = stac.buffered_footprints(geoms, 300.0)
     cells = np.array(["same", "same"], dtype=object)
     boxes = sorted(g.bbox for g in stac.group_searches(footprints, cells))
     assert len(boxes) == 2
-    assert boxes[0][0] == -180.0 and boxes[0][2] < -179.9 and boxes[1][0] > 179.9 and boxes[1][2] == 180.0
+    assert boxes[0][0] >= -180.0 and boxes[0][2] < -179.9 and boxes[1][0] > 179.9 and boxes[1][2] <= 180.0
+    for footprint in footprints:
+        assert any(shapely.covers(shapely.box(*b), p) for p in shapely.get_parts(footprint) for b in boxes)
+
+
+def test_no_installation_means_no_search():
+    result = stac.search_catalog(sample_spec(), np.empty(0, dtype=object), stac.HttpSettings(), 4)
+    assert result.groups == 0 and result.stats.searches == 0 and result.matches.empty and result.unmatched.empty
 
 
 # --- selection and reasons on hand-made scenes --------------------------------------------

@@ -381,6 +381,8 @@ def group_searches(footprints: np.ndarray, cells: np.ndarray, snap_deg: float = 
     list of GroupSearch
         Sorted by cell, so requests go out in a stable order.
     """
+    if len(footprints) == 0:
+        return []
     bounds = shapely.bounds(footprints)
     order = np.argsort(cells, kind="stable")
     sorted_cells = cells[order]
@@ -389,8 +391,9 @@ def group_searches(footprints: np.ndarray, cells: np.ndarray, snap_deg: float = 
     for members in np.split(order, starts[1:]):
         cell = str(cells[members[0]])
         box = bounds[members]
-        if box[:, 0].min() < -90 and box[:, 2].max() > 90 and (box[:, 2] - box[:, 0]).max() > 180:
-            # parts at both ends of the longitude range: one box per side
+        if box[:, 2].max() - box[:, 0].min() > 180:
+            # footprints at both ends of the longitude range (a cell on the antimeridian):
+            # one box per side, not one around the world
             parts = shapely.get_parts(footprints[members])
             part_bounds = shapely.bounds(parts)
             for side, pick in (("w", part_bounds[:, 0] < 0), ("e", part_bounds[:, 0] >= 0)):
@@ -621,8 +624,6 @@ class StaticCatalog:
     def _walk(self, workers: int, progress: bool) -> list[dict]:
         try:
             root = pystac.read_file(self.spec.catalog_uri, stac_io=self.io)
-        except StacError:
-            raise
         except (pystac.STACError, json.JSONDecodeError, KeyError, ValueError) as exc:
             raise StacError(self.spec.name, self.spec.catalog_uri, f"not a STAC catalogue ({exc})") from exc
         item_hrefs: list[str] = []
@@ -723,8 +724,9 @@ class ApiCatalog:
             for page in search.pages_as_dicts():
                 features += page.get("features", [])
         except self._api_error as exc:
-            raise StacError(self.spec.name, f"{self.spec.catalog_uri} search bbox={list(bbox)}",
-                            _api_reason(exc)) from exc
+            status = getattr(exc, "status_code", None)
+            reason = f"HTTP {status}: {_api_reason(exc)}" if status else _api_reason(exc)
+            raise StacError(self.spec.name, f"{self.spec.catalog_uri} search bbox={list(bbox)}", reason) from exc
         self.cache.put(key, {"request": params, "features": features})
         return features
 
@@ -875,7 +877,8 @@ def select_scenes(cov: Coverage, scenes: pd.DataFrame, max_items: int, period: s
     full = cov.fraction >= 1.0
     fp, shape = cov.fp[full], cov.shape[full]
     if len(fp) == 0:
-        return pd.DataFrame({c: pd.Series(dtype=scenes[c].dtype if c in scenes else "float64") for c in columns})
+        dtypes = {"fp": "int64", "item": "int64", "period": object, "coverage_fraction": "float64", "rank": "int32"}
+        return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c) or scenes[c].dtype) for c in columns})
     # per item: sort keys of the selection
     periods = period_labels(scenes["datetime"], period)
     collection_code = pd.factorize(scenes["collection"].fillna(""), sort=True)[0]
