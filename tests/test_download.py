@@ -273,6 +273,31 @@ def test_a_versioned_figshare_tar_gz_is_fetched_at_its_version_and_extracted(rep
     assert harmonize_dataset(ds, layout.raw_dir("fig"), progress=False)[1]["rows_written"] == 2
 
 
+def test_namesake_files_of_one_record_are_all_kept(repository_server, tmp_path):
+    # a Figshare article holding two different files named labels.geojson (and one of
+    # them twice, identical): both are downloaded, cached apart and read
+    server = repository_server
+    first, second = polygons(2, 7.0), polygons(3, 9.0)
+    entries = []
+    for file_id, data in ((501, first), (502, second), (503, first)):
+        path = f"/storage/{file_id}/labels.geojson"
+        server.add_file(path, data)
+        entries.append({"id": file_id, "name": "labels.geojson", "size": len(data), "is_link_only": False,
+                        "computed_md5": hashlib.md5(data).hexdigest(), "supplied_md5": "",
+                        "download_url": f"{server.url}{path}"})
+    server.add_json("/figshare/v2/articles/777/versions/1", {"id": 777, "title": "t", "version": 1, "files": entries})
+    ds = spec("twins", repo="figshare", doi="10.6084/m9.figshare.777.v1", label_fmt="geojson")
+    layout = Layout(tmp_path / "data")
+    provenance = download_dataset(ds, layout, server.endpoints(), progress=False)
+    assert sorted(provenance["label_files"]) == ["501/labels.geojson", "502/labels.geojson"]
+    assert (layout.raw_dir("twins") / "501" / "labels.geojson").read_bytes() == first
+    assert (layout.raw_dir("twins") / "502" / "labels.geojson").read_bytes() == second
+    staging, report = harmonize_dataset(ds, layout.raw_dir("twins"), progress=False)
+    assert report["rows_written"] == 5
+    # a rerun reuses both cached copies and lays out the same folder
+    assert download_dataset(ds, layout, server.endpoints(), progress=False)["label_files"] == provenance["label_files"]
+
+
 def test_every_active_upstream_entry_names_a_source_its_client_reads():
     readers = {"zenodo": zenodo_record_id, "figshare": figshare_article, "github": github_location,
                "direct_download": get_url_file}

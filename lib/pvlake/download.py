@@ -60,7 +60,7 @@ from .sources.http import (
     normalize_checksum,
 )
 from .sources.labels import JUNK
-from .sources.repositories import Endpoints, Record, RemoteFile, get_record, repository_of
+from .sources.repositories import Endpoints, Record, RemoteFile, distinct_names, get_record, repository_of
 
 DOWNLOAD_KEYS = ("repo", "doi", "compression", "compressed_archives", "file_filters", "label_fmt", "max_mb")
 """Manifest fields that decide what is downloaded (their hash is the rule's fingerprint)."""
@@ -251,7 +251,8 @@ def select_downloads(spec: DatasetSpec, record: Record) -> list[RemoteFile]:
     """
     if record.named_files:
         return list(record.files)
-    names = [f.name for f in record.files]
+    files = distinct_names(record.files)
+    names = [f.name for f in files]
     named = list(spec.entry.get("compressed_archives") or [])
     missing = [a for a in named if a not in {PurePosixPath(n).name for n in names}]
     if missing:
@@ -269,7 +270,7 @@ def select_downloads(spec: DatasetSpec, record: Record) -> list[RemoteFile]:
             f"nothing to download: no {spec.label_fmt} file matches the file filters ({_filters_text(spec)}) "
             f"and no archive is to be extracted (compression {spec.compression!r}); files in the record: {_listing(names)}",
         )
-    return [f for f in record.files if f.name in chosen]
+    return [f for f in files if f.name in chosen]
 
 
 def select_members(spec: DatasetSpec, prefix: str, members: list[str]) -> list[str]:

@@ -44,12 +44,15 @@ class RemoteFile:
         Size the repository states.
     checksum : str or None
         ``"<algorithm>:<hex>"`` the repository states (md5, git-sha1, ...).
+    file_id : str or None
+        The repository's own id of the file, where it has one (Zenodo, Figshare).
     """
 
     name: str
     url: str
     size_bytes: int | None = None
     checksum: str | None = None
+    file_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,8 @@ def read_zenodo_record(record: dict, api_url: str, source: str = "") -> Record:
         checksum = entry.get("checksum")
         if checksum and ":" not in checksum:
             checksum = f"md5:{checksum}"
-        files.append(RemoteFile(name, url, entry.get("size"), checksum))
+        file_id = entry.get("id") or entry.get("file_id")
+        files.append(RemoteFile(name, url, entry.get("size"), checksum, None if file_id is None else str(file_id)))
     meta = record.get("metadata") or {}
     return Record(
         source=source, url=f"{api_url}/records/{record_id}",
@@ -209,7 +213,8 @@ def read_figshare_article(article: dict, url: str, source: str = "") -> Record:
     files = []
     for entry in article.get("files") or []:
         md5 = entry.get("computed_md5") or entry.get("supplied_md5")
-        files.append(RemoteFile(entry["name"], entry["download_url"], entry.get("size"), f"md5:{md5}" if md5 else None))
+        files.append(RemoteFile(entry["name"], entry["download_url"], entry.get("size"), f"md5:{md5}" if md5 else None,
+                                None if entry.get("id") is None else str(entry["id"])))
     version = article.get("version")
     return Record(source=source, url=url, version=None if version is None else str(version),
                   title=article.get("title"), files=tuple(files))
@@ -360,6 +365,30 @@ def get_url_file(url: str) -> Record:
     if not name:
         raise ValueError(f"{url!r} does not end in a file name")
     return Record(source=url, url=url, version=None, title=None, files=(RemoteFile(name, url),), named_files=True)
+
+
+def distinct_names(files: tuple[RemoteFile, ...] | list[RemoteFile]) -> list[RemoteFile]:
+    """The files of a record under names that tell them apart, in record order.
+
+    Figshare and ScienceBase let one record hold different files with the same name.
+    Each such file keeps its name inside a folder named by the repository's file id (or
+    ``file<k>``, its place among the namesakes), so all of them are downloaded, cached
+    and read; a namesake with the same checksum and size is the same file, listed once.
+    """
+    namesakes: dict[str, list[RemoteFile]] = {}
+    for f in files:
+        group = namesakes.setdefault(f.name, [])
+        if not any(f.checksum and (f.checksum, f.size_bytes) == (g.checksum, g.size_bytes) for g in group):
+            group.append(f)
+    out = []
+    for f in files:
+        group = namesakes[f.name]
+        if len(group) == 1:
+            out += [f] if f is group[0] else []
+        elif any(f is g for g in group):
+            k = next(i for i, g in enumerate(group, start=1) if g is f)
+            out.append(RemoteFile(f"{f.file_id or f'file{k}'}/{f.name}", f.url, f.size_bytes, f.checksum, f.file_id))
+    return out
 
 
 DOI_PREFIXES = {"10.5281/zenodo.": "zenodo", "10.6084/m9.figshare.": "figshare", "10.5066/": "sciencebase"}
