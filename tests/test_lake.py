@@ -167,6 +167,42 @@ def test_publish_writes_every_layer_in_one_snapshot(layout, manifest):
     assert result["snapshot_id"] == lake.snapshots(con)["snapshot_id"].max()
 
 
+@pytest.fixture
+def open_reader(layout):
+    """Another process holding the lake open read-only, as a notebook's connect_lake() does."""
+    code = ("import sys, time; from pvlake.lake import connect_lake; con = connect_lake(sys.argv[1]); "
+            "print('open', flush=True); time.sleep(120)")
+    reader = subprocess.Popen([sys.executable, "-c", code, str(layout.data_dir)], stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline().strip() == "open"
+    yield reader
+    reader.kill()
+    reader.wait()
+
+
+@pytest.fixture
+def published(layout, manifest):
+    return publish_all(layout, manifest)
+
+
+def test_an_open_reader_does_not_stop_a_publish_with_nothing_new(layout, manifest, published, open_reader):
+    again = publish_all(layout, manifest)
+    assert again["published"] == {"snapshot_id": None, "written": [], "dropped": []}
+    assert again["snapshot_id"] == published["snapshot_id"] and again["tables"] == published["tables"]
+
+
+def test_an_open_reader_makes_a_changing_publish_fail_with_one_clear_message(layout, manifest, published, open_reader):
+    staging = gpd.read_parquet(layout.staging_parquet("uk_crowdsourced_pv_2020"))
+    write_geoparquet(staging.iloc[:-1], layout.staging_parquet("uk_crowdsourced_pv_2020"))
+    with pytest.raises(lake.LakeBusyError) as err:
+        publish_all(layout, manifest)
+    message = str(err.value)
+    assert f"is open in process {open_reader.pid} (" in message and "connect_lake" in message
+    assert "Close that connection" in message and "PostgreSQL catalog" in message
+    open_reader.kill()
+    open_reader.wait()
+    assert publish_all(layout, manifest)["published"]["written"] == ["staging.uk_crowdsourced_pv_2020"]
+
+
 def test_geometries_round_trip_and_their_crs_is_documented(layout, manifest):
     publish_all(layout, manifest)
     con = lake.connect_lake(layout.data_dir)

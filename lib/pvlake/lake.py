@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -250,6 +251,8 @@ def open_lake(
     ------
     FileNotFoundError
         When reading a DuckDB-file lake that has not been published yet.
+    LakeBusyError
+        When another process holds a DuckDB-file catalog this connection cannot share.
     """
     location = LakeLocation.resolve(layout, catalog, data_path)
     local = location.local_catalog
@@ -263,8 +266,43 @@ def open_lake(
             local.parent.mkdir(parents=True, exist_ok=True)
         if location.local_data is not None:
             location.local_data.mkdir(parents=True, exist_ok=True)
-    _attach(con, location.attach_sql(read_only=read_only))
+    try:
+        _attach(con, location.attach_sql(read_only=read_only))
+    except duckdb.IOException as exc:
+        con.close()
+        raise busy_error(location.catalog, exc) or exc
     return con
+
+
+class LakeBusyError(RuntimeError):
+    """A DuckDB-file catalog is held by another process (one writer, or readers, at a time)."""
+
+
+LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def _command_line(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
+def busy_error(catalog: str, exc: Exception) -> LakeBusyError | None:
+    """DuckDB's "Could not set lock" as one message: who holds the lake, what to do."""
+    if "Could not set lock" not in str(exc):
+        return None
+    holder = LOCK_HOLDER.search(str(exc))
+    who = "another process"
+    if holder:
+        pid = int(holder["pid"])
+        who = f"process {pid} ({_command_line(pid) or holder['program']})"
+    return LakeBusyError(
+        f"the lake catalog {catalog} is open in {who}: a DuckDB-file catalog lets one process "
+        "write, and none read while it does. Close that connection (con.close(), or shut down "
+        "the notebook's kernel) or let that run finish, then rerun. Several readers and writers "
+        "at once need a PostgreSQL catalog (config lake.catalog)."
+    )
 
 
 def _attach(con: duckdb.DuckDBPyConnection, sql: str, attempts: int = 5) -> None:
@@ -538,13 +576,22 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
         pass
 
 
-def _publish_once(
-    con: duckdb.DuckDBPyConnection, tables: list[LakeTable], prune: bool, progress: bool, alias: str
-) -> dict:
+def pending_changes(
+    con: duckdb.DuckDBPyConnection, tables: list[LakeTable], prune: bool, alias: str = LAKE
+) -> tuple[list[LakeTable], list[str]]:
+    """Tables whose input differs from their last publish (or that are missing), and the
+    layer tables a pruning publish would drop; read-only."""
     published = published_fingerprints(con, alias)
     present = set(lake_tables(con, alias))
     changed = [t for t in tables if t.qualified not in present or published.get(t.qualified) != t.fingerprint]
     stale = sorted(present - {t.qualified for t in tables}) if prune else []
+    return changed, stale
+
+
+def _publish_once(
+    con: duckdb.DuckDBPyConnection, tables: list[LakeTable], prune: bool, progress: bool, alias: str
+) -> dict:
+    changed, stale = pending_changes(con, tables, prune, alias)
     result = {"snapshot_id": None, "written": [t.qualified for t in changed], "dropped": stale}
     if not changed and not stale:
         return result
@@ -776,12 +823,33 @@ def publish_pipeline(
         :func:`publish` result) and ``compaction`` (the :func:`compact` result).
     """
     location = LakeLocation.resolve(layout, catalog, data_path)
-    con = open_lake(layout, read_only=False, catalog=catalog, data_path=data_path, s3=s3)
-    try:
-        published = publish(con, tables, prune=prune, progress=progress)
-        compaction = compact(con)
-        result = {**summary(con, location), "published": published, "compaction": compaction}
-    finally:
-        con.close()
+    result = _unchanged_result(layout, tables, location, prune, catalog=catalog, data_path=data_path, s3=s3)
+    if result is None:
+        con = open_lake(layout, read_only=False, catalog=catalog, data_path=data_path, s3=s3)
+        try:
+            published = publish(con, tables, prune=prune, progress=progress)
+            compaction = compact(con)
+            result = {**summary(con, location), "published": published, "compaction": compaction}
+        finally:
+            con.close()
     write_json(result, layout.lake_summary())
     return result
+
+
+def _unchanged_result(layout: Layout, tables: list[LakeTable], location: LakeLocation, prune: bool, **where) -> dict | None:
+    """The publish result when a DuckDB-file lake already holds exactly ``tables``, found
+    through a read-only connection: a reader (a notebook's ``connect_lake()``) shares
+    that, so a rerun with nothing new succeeds while the lake is being read. None when
+    something would change (or the catalog is not a local file)."""
+    if location.local_catalog is None or not location.local_catalog.exists():
+        return None
+    con = open_lake(layout, read_only=True, **where)
+    try:
+        changed, stale = pending_changes(con, tables, prune)
+        if changed or stale:
+            return None
+        files = file_counts(con)
+        return {**summary(con, location), "published": {"snapshot_id": None, "written": [], "dropped": []},
+                "compaction": {"files_before": files, "files_after": files, "merged": []}}
+    finally:
+        con.close()
