@@ -98,3 +98,27 @@ def test_bad_datasets_fail_alone_with_one_clear_message(tmp_path, sample_dir):
     assert "DatasetError: dataset 'no_crs' file polygonDataExceptVertices.csv: no CRS" in err
     assert "DatasetError: dataset 'bad_format': unknown label_fmt 'kml'" in err
     assert "DatasetError: dataset 'no_match' file" in err and "no json file matches the file filters" in err
+
+
+def test_outputs_of_a_dataset_renamed_in_the_manifest_are_retired(sample_dir, tmp_path):
+    sample = json.loads((sample_dir / "manifest.json").read_text())
+    names = ["glosofarid_2024", "usa_cali_usgs_pv_2016"]
+    manifest = {n: {**sample[n], "path": str((sample_dir / sample[n]["path"]).resolve())} for n in names}
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2))
+    data_dir = tmp_path / "data"
+    layout = Layout(data_dir)
+    target = str(layout.prepared_parquet())
+    first = snakemake("-j8", target, "--config", f"data_dir={data_dir}", f"manifest={path}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    manifest["gsf_points"] = manifest.pop("glosofarid_2024")
+    path.write_text(json.dumps(manifest, indent=2))
+    second = snakemake("-j8", target, "--config", f"data_dir={data_dir}", f"manifest={path}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    staged = sorted(p.name for p in (data_dir / "staging").iterdir())
+    assert staged == ["gsf_points.parquet", "gsf_points.report.json",
+                      "usa_cali_usgs_pv_2016.parquet", "usa_cali_usgs_pv_2016.report.json"]
+    retired = sorted(p.name for p in layout.retired_dir("staging").iterdir())
+    assert retired == ["glosofarid_2024.parquet", "glosofarid_2024.report.json"]
+    prepared = gpd.read_parquet(layout.prepared_parquet())
+    assert set(prepared["dataset"]) == {"gsf_points", "usa_cali_usgs_pv_2016"}

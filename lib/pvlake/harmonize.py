@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -371,6 +372,22 @@ def write_staging(staging: gpd.GeoDataFrame, report: dict, parquet_path: str | P
     """Write the staging GeoParquet and its JSON report, each atomically."""
     write_geoparquet(staging, parquet_path)
     write_json(report, report_path)
+
+
+def retire_stale_staging(layout, datasets: list[str]) -> list[str]:
+    """Move the staging outputs of datasets not in ``datasets`` (renamed or removed from
+    the manifest) to ``retired/staging/``, so that nobody reading ``staging/`` picks up
+    stale rows; returns the files moved. A later file of the same name replaces the
+    retired one."""
+    folder = layout.staging_parquet("x").parent
+    keep = {p.name for d in datasets for p in (layout.staging_parquet(d), layout.staging_report(d))}
+    stale = sorted(p for p in folder.glob("*") if p.is_file() and p.name not in keep
+                   and (p.name.endswith(".parquet") or p.name.endswith(".report.json")))
+    if stale:
+        layout.retired_dir("staging").mkdir(parents=True, exist_ok=True)
+    for path in stale:
+        os.replace(path, layout.retired_dir("staging") / path.name)
+    return [p.name for p in stale]
 
 
 def dataset_root(spec: DatasetSpec, layout) -> Path | None:

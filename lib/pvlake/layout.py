@@ -82,6 +82,46 @@ class Layout:
         """DuckDB extension folder for rustac's embedded DuckDB (links to the wheels' files)."""
         return self.data_dir / "cache" / "rustac-duckdb"
 
+    def energy_parquet(self) -> Path:
+        """Expected yield of every installation (Parquet, the lake's ``curated.pv_energy``)."""
+        return self.data_dir / "curated" / "pv_energy.parquet"
+
+    def energy_profile(self) -> Path:
+        """Hourly AC power of the installations summed per coarse H3 cell (Parquet)."""
+        return self.data_dir / "curated" / "pv_energy_profile.parquet"
+
+    def energy_report(self) -> Path:
+        """JSON report of the energy stage: weather cells, sources, flags, timing."""
+        return self.data_dir / "curated" / "pv_energy_report.json"
+
+    def weather_cache(self) -> Path:
+        """Answers of weather services, one file per service and H3 cell (kept across runs)."""
+        return self.data_dir / "cache" / "weather"
+
+    def curated_dir(self) -> Path:
+        """Enriched and aggregated products (the curated layer)."""
+        return self.data_dir / "curated"
+
+    def context_installations(self) -> Path:
+        """Every prepared installation with its country and region (GeoParquet)."""
+        return self.curated_dir() / "pv_installations_context.parquet"
+
+    def country_stats(self) -> Path:
+        """Installations, area, capacity and datasets per country, with its boundary (GeoParquet)."""
+        return self.curated_dir() / "country_stats.parquet"
+
+    def country_datasets(self) -> Path:
+        """Installations per country and source dataset (Parquet)."""
+        return self.curated_dir() / "country_datasets.parquet"
+
+    def h3_stats(self) -> Path:
+        """Installations and area per coarse H3 cell, with its hexagon (GeoParquet)."""
+        return self.curated_dir() / "h3_stats.parquet"
+
+    def context_report(self) -> Path:
+        """JSON report of the context stage: boundary source, matches, countries."""
+        return self.curated_dir() / "context_report.json"
+
     def lake_dir(self) -> Path:
         """The DuckLake lakehouse: catalog plus its data files."""
         return self.data_dir / "lake"
@@ -97,6 +137,11 @@ class Layout:
     def lake_summary(self) -> Path:
         """JSON written by each lake publish: snapshot id, tables and row counts."""
         return self.lake_dir() / "publish.json"
+
+    def retired_dir(self, layer: str) -> Path:
+        """Where outputs of datasets no longer in the manifest are moved, out of the way of
+        anyone reading the layer's folder (``retired/<layer>/``)."""
+        return self.data_dir / "retired" / layer
 
     def executed_notebook(self, stage: str, name: str) -> Path:
         """Executed copy of a stage notebook (kept for the book)."""
