@@ -9,7 +9,9 @@ and used up in order, one per matching request:
 - ``("stall", seconds)``: accept the request, send nothing for ``seconds``, then forward;
 - ``("empty",)``: answer an empty FeatureCollection.
 
-The proxy records every request it received (method, path, time) in ``requests``.
+``hide_conformance`` (substrings) removes matching conformance classes from the landing
+page and ``/conformance``, to play an API without an extension. The proxy records every
+request it received (method, path, time) in ``requests``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class FaultProxy:
         self.upstream = upstream.rstrip("/")
         self.faults: dict[str, deque] = {}
         self.requests: list[tuple[str, str, float]] = []
+        self.hide_conformance: tuple[str, ...] = ()
         self.lock = threading.Lock()
         self.session = requests.Session()
         proxy = self
@@ -103,7 +106,13 @@ class FaultProxy:
             answer = self.session.request(method, self.upstream + handler.path, data=body, headers=headers, timeout=60)
             keep = {k: v for k, v in answer.headers.items()
                     if k.lower() not in ("content-length", "content-encoding", "transfer-encoding", "connection")}
-            self._send(handler, answer.status_code, answer.content, keep)
+            content = answer.content
+            if self.hide_conformance and handler.path.split("?")[0] in ("/", "/conformance"):
+                doc = answer.json()
+                doc["conformsTo"] = [c for c in doc.get("conformsTo", [])
+                                     if not any(h in c for h in self.hide_conformance)]
+                content = json.dumps(doc).encode()
+            self._send(handler, answer.status_code, content, keep)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (read timeout): nothing to answer
 

@@ -35,10 +35,10 @@ def prepared(tmp_path_factory) -> Path:
     return path
 
 
-def api_manifest(tmp_path: Path, url: str) -> Path:
+def api_manifest(tmp_path: Path, url: str, **changes) -> Path:
     """The sample's manifest entry, pointed at a STAC API instead of the static files."""
     entry = json.loads(SAMPLE_MANIFEST.read_text())["sample_sentinel_2"]
-    entry.update(catalog_type="api", catalog_uri=url)
+    entry.update(catalog_type="api", catalog_uri=url, **changes)
     path = tmp_path / "stac_api.json"
     path.write_text(json.dumps({"sample_sentinel_2": entry}))
     return path
@@ -125,3 +125,19 @@ def test_an_empty_answer_leaves_installations_without_scene(prepared, stac_proxy
     assert report["items"] == 0 and matches.empty
     assert len(skipped) == report["installations"] and set(skipped["reason"]) == {"no_scene"}
     assert pd.read_parquet(tmp_path / "run" / "stac" / "items.parquet").empty
+
+
+def test_an_api_without_the_filter_extension_gets_a_query(prepared, stac_proxy, tmp_path):
+    stac_proxy.hide_conformance = ("filter",)
+    manifest = api_manifest(tmp_path, stac_proxy.url, cql_filter=None)
+    _, matches, skipped = run(prepared, manifest, tmp_path / "api")
+    static = tmp_path / "static.json"
+    entry = json.loads(SAMPLE_MANIFEST.read_text())["sample_sentinel_2"]
+    entry.update(cql_filter=None, catalog_uri=str(ROOT / "data" / "sample" / "stac" / "catalog.json"))
+    static.write_text(json.dumps({"sample_sentinel_2": entry}))
+    _, s_matches, s_skipped = run(prepared, static, tmp_path / "static")
+    pd.testing.assert_frame_equal(matches, s_matches)
+    pd.testing.assert_frame_equal(skipped, s_skipped)
+    # a cql_filter cannot be honoured there: refused, not dropped
+    with pytest.raises(stac.StacError, match="does not support the Filter extension"):
+        run(prepared, api_manifest(tmp_path, stac_proxy.url), tmp_path / "refused")
