@@ -58,5 +58,12 @@ if [ "${1:-}" = "--test" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
   fi
   # --- end book ---
+  # --- scale-out: a single-node Slurm cluster (slurmctld, slurmd, munged) for tests/test_scaleout.py ---
+  if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  fi
+  # --- end scale-out ---
 fi
 echo "setup: .venv ready ($(.venv/bin/python --version), pvlake $(.venv/bin/python -c 'import pvlake; print(pvlake.__version__)'))"
