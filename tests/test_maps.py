@@ -13,6 +13,7 @@ import geopandas as gpd
 import lonboard
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import shapely
 
@@ -97,20 +98,134 @@ def test_continuous_colors_span_the_ramp():
     assert "10" in legend and "1,000" in legend and "log scale" in legend and "no value (1)" in legend
 
 
+def layers_by_role(m: maps.InstallationsMap) -> dict[str, object]:
+    """The layers of an installations map by what they draw, from the bottom: context
+    (not pickable), polygon markers (right under the polygons), polygons, points."""
+    layers = list(m.map.layers)
+    roles = {"context": layers.pop(0)} if layers and not layers[0].pickable else {}
+    polygons = [i for i, layer in enumerate(layers) if isinstance(layer, lonboard.PolygonLayer)]
+    if polygons:
+        roles["polygons"] = layers[polygons[0]]
+        if polygons[0] > 0:
+            roles["markers"] = layers[polygons[0] - 1]
+        layers = layers[polygons[0] + 1:]
+    if layers:
+        roles["points"] = layers[0]
+    return roles
+
+
 def test_installations_map_splits_points_and_polygons():
     gdf = installations(30, 20)
     m = maps.installations_map(gdf, color_by="dataset", tooltip=["pv_id", "source_datasets"])
-    layers = {type(layer): layer for layer in m.map.layers}
-    assert set(layers) == {lonboard.PolygonLayer, lonboard.ScatterplotLayer}
-    assert layers[lonboard.ScatterplotLayer].table.num_rows == 30
-    assert layers[lonboard.PolygonLayer].table.num_rows == 20
+    layers = layers_by_role(m)
+    assert set(layers) == {"context", "markers", "polygons", "points"}
+    assert layers["points"].table.num_rows == 30
+    assert layers["polygons"].table.num_rows == 20
+    assert layers["markers"].table.num_rows == 20
     # only the tooltip columns (plus the colour column) travel to the browser
-    names = set(layers[lonboard.ScatterplotLayer].table.schema.names)
+    names = set(layers["points"].table.schema.names)
     assert {"pv_id", "source_datasets", "dataset"} <= names and "area_m2" not in names
+    assert set(layers["markers"].table.schema.names) == set(layers["polygons"].table.schema.names)
     assert m.map.basemap is None  # a basemap would be fetched from the internet
     assert "dataset" in m.legend.value
     bundle = m._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_every_installation_stays_visible_at_any_zoom():
+    gdf = installations(0, 5)
+    m = maps.installations_map(gdf)
+    layers = layers_by_role(m)
+    markers = layers["markers"]
+    # a marker at each polygon's centroid, never under MIN_MARKER_PX, half the polygon's size in metres
+    assert markers.radius_min_pixels == maps.MIN_MARKER_PX
+    assert layers["polygons"].line_width_min_pixels == 1
+    radius = np.asarray(markers.get_radius)
+    lat = shapely.get_y(shapely.centroid(gdf.geometry.to_numpy()))
+    side_m = 1e-3 * 111_320 * np.sqrt(np.cos(np.radians(lat)))
+    expected = maps.MARKER_SCALE * np.sqrt(1e-6 * 111_320**2 * np.cos(np.radians(lat)) / np.pi)
+    assert np.allclose(radius, expected, rtol=1e-3) and (radius < side_m).all()
+
+
+def test_marker_of_a_polygon_cut_at_the_antimeridian_sits_on_it():
+    cut = shapely.MultiPolygon([shapely.box(179.999, -17.001, 180.0, -17.0), shapely.box(-180.0, -17.001, -179.999, -17.0)])
+    gdf = gpd.GeoDataFrame({"dataset": ["a"]}, geometry=[cut], crs="EPSG:4326")
+    markers = layers_by_role(maps.installations_map(gdf))["markers"]
+    lon, lat = maps.geo.centroid_lonlat(np.array([cut], dtype=object))
+    assert abs(abs(lon[0]) - 180.0) < 1e-3 and abs(lat[0] + 17.0005) < 1e-6
+    view = maps.fit_view(np.array([cut], dtype=object))
+    assert abs(abs(view["longitude"]) - 180.0) < 0.01 and view["zoom"] == maps.MAX_ZOOM
+    assert markers.table.num_rows == 1
+
+
+def test_fit_view_frames_the_data():
+    uk = shapely.points([-5.0, 1.5, -2.0], [50.0, 52.0, 58.0])
+    view = maps.fit_view(uk, width_px=720, height_px=500)
+    assert abs(view["longitude"] + 1.75) < 1e-6 and 53.0 < view["latitude"] < 55.0
+    # the data's latitude range fits the map's height less the padding
+    span_px = 512 * 2 ** view["zoom"] * (maps._mercator_y(58) - maps._mercator_y(50)) / (2 * np.pi)
+    assert span_px == pytest.approx(500 * (1 - 2 * maps.VIEW_PADDING), rel=1e-6)
+    # across the antimeridian: Fiji and Alaska, not the whole globe
+    pacific = maps.fit_view(shapely.points([178.5, -179.5, -170.0], [-18.0, -17.0, 60.0]))
+    assert abs(pacific["longitude"] + 175.75) < 1e-6 and pacific["zoom"] > 1.5
+    # around the world: the usual world view, centred between the extreme installations
+    world = maps.fit_view(shapely.points([-120.0, 0.0, 140.0, 60.0], [40.0, 0.0, -30.0, 10.0]))
+    assert abs(world["longitude"] - 10.0) < 1e-6 and world["zoom"] < 1.0
+    assert maps.fit_view(np.array([], dtype=object)) == {"longitude": 0.0, "latitude": 20.0, "zoom": 0.5}
+
+
+def test_longitude_arc():
+    assert maps.longitude_arc(np.array([10.0, 20.0]), np.array([12.0, 25.0])) == (10.0, 25.0)
+    west, east = maps.longitude_arc(np.array([170.0, -175.0]), np.array([172.0, -170.0]))
+    assert (west, east) == (170.0, 190.0)
+    # an unwrapped extent past +180
+    assert maps.longitude_arc(np.array([179.0]), np.array([181.0])) == (179.0, 181.0)
+    assert maps.longitude_arc(np.array([-180.0]), np.array([180.0])) is None
+
+
+def test_context_outlines_come_from_natural_earth_offline_and_fit_the_view():
+    view = maps.fit_view(shapely.points([-5.0, 1.5], [50.0, 58.0]))
+    geoms = maps.context_geometries(view)
+    assert len(geoms) >= 3  # Great Britain, Ireland, France at least
+    xmin, ymin, xmax, ymax = shapely.total_bounds(geoms)
+    assert xmin >= -60 and xmax <= 60 and ymin >= 20 and ymax <= 90
+    london = shapely.Point(-0.12, 51.5)
+    assert shapely.intersects(geoms, london).any()
+    # generalised: far fewer vertices than Natural Earth's 1:10m
+    full = maps._countries()[0]
+    assert shapely.get_num_coordinates(geoms).sum() < 0.2 * shapely.get_num_coordinates(full).sum()
+    world = maps.context_geometries({"longitude": 0.0, "latitude": 0.0, "zoom": 0.3})
+    assert len(world) > 150 and shapely.get_num_coordinates(world).sum() < 40_000
+    m = maps.installations_map(installations(3, 3))
+    context = layers_by_role(m)["context"]
+    assert tuple(context.get_fill_color) == maps.CONTEXT_FILL_RGBA and context.filled
+    assert not context.pickable
+
+
+def test_basemap_is_optional_and_context_can_be_left_out():
+    gdf = installations(3, 3)
+    online = maps.installations_map(gdf, basemap=True)
+    assert online.map.basemap is not None and online.map.basemap.style.startswith("https://")
+    assert layers_by_role(online)["context"].filled is False  # the basemap draws the land
+    bare = maps.installations_map(gdf, context=False)
+    assert "context" not in layers_by_role(bare)
+
+
+def test_choropleth_map_colours_areas_over_the_context():
+    import pvlake.context as cx
+
+    ne, _ = cx.read_natural_earth()
+    areas = ne[ne["country_iso3"].isin(["CZE", "DEU", "POL"])].sort_values("country_iso3")
+    areas = areas.assign(installations=[10, 1000, 100])
+    m = maps.choropleth_map(areas)
+    context, layer = m.map.layers
+    assert not context.pickable and layer.pickable and layer.table.num_rows == 3
+    assert "installations" in m.legend.value and "log scale" in m.legend.value
+    assert set(layer.table.schema.names) >= {"country_iso3", "country_name", "installations"}
+    # the palest yellows are left out: every area stands out from the land colour
+    fill = np.asarray(pa.chunked_array(layer.get_fill_color).combine_chunks().flatten()).reshape(-1, 4)[:, :3].astype(int)
+    assert (np.abs(fill - np.array(maps.CONTEXT_FILL_RGBA[:3])).sum(axis=1) > 60).all()
+    assert 5 < m.map.view_state.longitude < 25 and 45 < m.map.view_state.latitude < 56
 
 
 def test_installations_map_numeric_colour_and_list_tooltips():
@@ -124,7 +239,9 @@ def test_installations_map_numeric_colour_and_list_tooltips():
 def test_installations_map_handles_hundreds_of_thousands_of_features():
     gdf = installations(150_000, 150_000)
     m = maps.installations_map(gdf)
-    assert sum(layer.table.num_rows for layer in m.map.layers) == 300_000
+    layers = layers_by_role(m)
+    assert layers["points"].table.num_rows + layers["polygons"].table.num_rows == 300_000
+    assert layers["markers"].table.num_rows == 150_000
 
 
 def test_installations_map_rejects_bad_input():
