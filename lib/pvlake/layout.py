@@ -94,6 +94,10 @@ class Layout:
         """JSON report of the energy stage: weather cells, sources, flags, timing."""
         return self.data_dir / "curated" / "pv_energy_report.json"
 
+    def energy_validation(self) -> Path:
+        """JSON of the model's checks: agreement with pvlib's ModelChain, measured power."""
+        return self.data_dir / "curated" / "pv_energy_validation.json"
+
     def weather_cache(self) -> Path:
         """Answers of weather services, one file per service and H3 cell (kept across runs)."""
         return self.data_dir / "cache" / "weather"
