@@ -21,6 +21,7 @@ include: "workflow/rules/harmonize.smk"
 include: "workflow/rules/dedup.smk"
 include: "workflow/rules/stac.smk"
 include: "workflow/rules/context.smk"
+include: "workflow/rules/energy.smk"
 include: "workflow/rules/lake.smk"
 # Last: the book renders every stage included above.
 include: "workflow/rules/book.smk"

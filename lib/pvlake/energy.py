@@ -232,6 +232,8 @@ class EnergySettings:
     def __post_init__(self):
         if self.weather not in ("offline", "pvgis", "nsrdb"):
             raise ValueError(f"energy.weather {self.weather!r}: offline, pvgis or nsrdb")
+        if pd.Timestamp(year=self.year, month=1, day=1).is_leap_year:
+            raise ValueError(f"energy.year {self.year} is a leap year; typical years have 8,760 hours")
 
     @classmethod
     def from_config(cls, config: Mapping) -> EnergySettings:
@@ -1188,8 +1190,33 @@ def load_cell_weather(cells: pd.DataFrame, settings: EnergySettings, cache_dir: 
 # ================================================================== the stage
 
 
+@dataclass
+class EnergyRun:
+    """What :func:`energy_table` computed.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        The energy table (:data:`ENERGY_COLUMNS`), sorted by ``pv_id``.
+    profile : pandas.DataFrame
+        Hourly profiles per coarse H3 cell (:data:`PROFILE_COLUMNS`).
+    report : dict
+        Counts and timing.
+    systems : pandas.DataFrame
+        Per installation: :func:`system_parameters` and :func:`assign_weather_cells` columns.
+    weather : dict
+        ``weather_cell`` -> :class:`CellWeather` used.
+    """
+
+    table: pd.DataFrame
+    profile: pd.DataFrame
+    report: dict
+    systems: pd.DataFrame
+    weather: dict
+
+
 def energy_table(installations: pd.DataFrame, settings: EnergySettings, cache_dir: str | Path,
-                 progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+                 progress: bool = True) -> EnergyRun:
     """The energy table, the hourly profile per coarse H3 cell, and a report.
 
     Parameters
@@ -1264,7 +1291,7 @@ def energy_table(installations: pd.DataFrame, settings: EnergySettings, cache_di
         "method": settings.model.method,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    return table, profile, report
+    return EnergyRun(table, profile, report, systems, weather)
 
 
 def profile_frame(profile_hours: dict, systems: pd.DataFrame, year: int) -> pd.DataFrame:
@@ -1291,20 +1318,24 @@ def write_table(frame: pd.DataFrame, schema: Mapping[str, pa.DataType], path: st
         pq.write_table(table, tmp, compression="zstd")
 
 
-def run_stage(prepared: str | Path, layout: Layout, settings: EnergySettings, progress: bool = True) -> dict:
-    """Read the prepared installations, compute their energy, write the outputs.
+INSTALLATION_COLUMNS = ("pv_id", "centroid_lon", "centroid_lat", "area_m2", "capacity_mw", "attributes")
+"""Columns of the prepared table the stage reads (``attributes`` where present)."""
 
-    Writes ``layout.energy_parquet()``, ``layout.energy_profile()`` and
-    ``layout.energy_report()``; returns the report.
-    """
-    columns = ["pv_id", "centroid_lon", "centroid_lat", "area_m2", "capacity_mw", "attributes"]
+
+def read_installations(prepared: str | Path) -> pd.DataFrame:
+    """The prepared installations' columns the stage reads."""
     available = set(pq.read_schema(prepared).names)
-    installations = pd.read_parquet(prepared, columns=[c for c in columns if c in available])
-    table, profile, report = energy_table(installations, settings, layout.weather_cache(), progress)
-    write_table(table, ENERGY_COLUMNS, layout.energy_parquet())
-    write_table(profile, PROFILE_COLUMNS, layout.energy_profile())
-    write_json(report, layout.energy_report())
-    return report
+    return pd.read_parquet(prepared, columns=[c for c in INSTALLATION_COLUMNS if c in available])
+
+
+def run_stage(prepared: str | Path, layout: Layout, settings: EnergySettings, progress: bool = True) -> EnergyRun:
+    """Read the prepared installations, compute their energy, write the outputs:
+    ``layout.energy_parquet()``, ``layout.energy_profile()`` and ``layout.energy_report()``."""
+    run = energy_table(read_installations(prepared), settings, layout.weather_cache(), progress)
+    write_table(run.table, ENERGY_COLUMNS, layout.energy_parquet())
+    write_table(run.profile, PROFILE_COLUMNS, layout.energy_profile())
+    write_json(run.report, layout.energy_report())
+    return run
 
 
 # ================================================================== time series (reused by forecasting)
@@ -1349,6 +1380,10 @@ def ac_power(weather: pd.DataFrame, latitude: float, longitude: float, altitude_
 
 DECOMPOSITIONS = ("erbs", "erbs_driesse")
 
+CLEAR_GHI_SHARE = 0.98
+"""A weather value counts as cloudless when its GHI is at least this share of the
+source's own clear-sky GHI (the NSRDB sets the two equal in cloudless periods)."""
+
 
 def split_ghi(ghi: pd.Series, latitude: float, longitude: float, altitude_m: float, temp_air: pd.Series,
               method: str = "erbs") -> pd.DataFrame:
@@ -1385,15 +1420,16 @@ class ValidationSettings:
     in for the wind the files lack; ``dc_ac_ratio`` sizes the inverter (1.0: pvanalytics
     finds no clipping plateau in these systems, so the inverter did not limit them);
     ``power_label`` says where in its 15-minute interval a power value is labelled
-    (``start``: the model is evaluated at the interval's middle); a day counts when its
-    usable hours hold at least ``min_day_coverage`` of its modelled energy.
+    (``start`` or ``end``: the model is evaluated at the interval's middle; ``instant``);
+    PVDAQ labels the end (:func:`morning_afternoon_balance` shows it); a day counts when
+    its usable hours hold at least ``min_day_coverage`` of its modelled energy.
     """
 
     decomposition: str = "erbs"
     wind_speed_m_s: float = 2.0
     dc_ac_ratio: float = 1.0
     array_type: str = "ground"
-    power_label: str = "start"
+    power_label: str = "end"
     min_day_coverage: float = 0.8
     modelchain_systems: int = 50
 
@@ -1454,9 +1490,9 @@ def compare_measured(system, model: ModelSettings, validation: ValidationSetting
     weather = ms.read_measured_weather(system)
     flags = ms.quality_flags(power_kw * 1000.0, system.freq)
     altitude = float(lookup_altitude_m([system.latitude], [system.longitude])[0])
-    offset = pd.Timedelta(system.freq) / 2 if validation.power_label == "start" else pd.Timedelta(0)
+    offset = {"start": 0.5, "end": -0.5, "instant": 0.0}[validation.power_label] * pd.Timedelta(system.freq)
     instants = power_kw.index + offset
-    series = weather[["ghi", "temp_air"]]
+    series = weather[["ghi", "temp_air", "ghi_clear"]]
     grid = series.reindex(series.index.union(instants)).interpolate("time", limit_area="inside").reindex(instants)
     inputs = split_ghi(grid["ghi"].fillna(0.0).clip(lower=0), system.latitude, system.longitude, altitude,
                        grid["temp_air"].ffill().bfill(), validation.decomposition)
@@ -1471,8 +1507,10 @@ def compare_measured(system, model: ModelSettings, validation: ValidationSetting
     train = (power_kw.index >= first) & (power_kw.index < last + pd.Timedelta("1D"))
     usable = flags["usable"].to_numpy() & np.isfinite(per_kw)
     capacity = float(power_kw[usable & train].sum() / per_kw[usable & train].sum())
+    # cloudless in the weather data: the NSRDB's GHI at its clear-sky value
+    clear = (grid["ghi"] >= CLEAR_GHI_SHARE * grid["ghi_clear"]).to_numpy() & (grid["ghi_clear"] > 0).to_numpy()
     samples = pd.DataFrame({"measured_kw": power_kw.to_numpy(), "modelled_kw": per_kw * capacity,
-                            "usable": usable, "train": train}, index=power_kw.index)
+                            "usable": usable, "train": train, "clear_sky": clear}, index=power_kw.index)
     samples = pd.concat([samples, flags.drop(columns="usable")], axis=1)
 
     kept = samples[samples["usable"]]
@@ -1480,6 +1518,7 @@ def compare_measured(system, model: ModelSettings, validation: ValidationSetting
     hourly = by_hour[["measured_kw", "modelled_kw"]].mean().rename(columns=lambda c: c.removesuffix("_kw"))
     hourly["samples"] = by_hour.size()
     hourly["train"] = by_hour["train"].first()
+    hourly["clear_sky"] = by_hour["clear_sky"].all()
     per_hour = round(pd.Timedelta("1h") / pd.Timedelta(system.freq))
     hourly = hourly[hourly["samples"] >= per_hour - 1]
     day_all = (samples["modelled_kw"].fillna(0.0) * (pd.Timedelta(system.freq) / pd.Timedelta("1h")))
@@ -1491,8 +1530,10 @@ def compare_measured(system, model: ModelSettings, validation: ValidationSetting
     daily = daily[coverage >= validation.min_day_coverage]
 
     rows = []
+    clear_hours = hourly[hourly["clear_sky"]]
     for period, in_train in (("train", True), ("validation", False)):
-        for resolution, frame, hours in (("hourly", hourly, 1.0), ("daily", daily, 24.0)):
+        for resolution, frame, hours in (("hourly", hourly, 1.0), ("daily", daily, 24.0),
+                                         ("hourly, clear sky", clear_hours, 1.0)):
             part = frame[frame["train"] == in_train]
             rows.append({"system": system.key, "period": period, "resolution": resolution,
                          **error_metrics(part["measured"], part["modelled"], capacity, hours)})
@@ -1546,3 +1587,83 @@ def cell_weather_series(cell: CellWeather, settings: EnergySettings) -> wx.Weath
     if cell.data is not None:
         return wx.Weather(cell.data, cell.latitude, cell.longitude, cell.altitude_m, cell.source)
     return clearsky_weather(cell.latitude, cell.longitude, cell.altitude_m, settings.year, settings.clearsky)
+
+
+def modelchain_agreement(run: EnergyRun, settings: EnergySettings, n: int = 200, seed: int = 0,
+                         progress: bool = True) -> pd.DataFrame:
+    """The stage's specific yield against a per-system pvlib ModelChain on the same
+    weather, for a random sample of installations with a yield.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per system: ``pv_id``, ``weather_source``, ``array_type``, ``tilt_deg``,
+        ``azimuth_deg``, ``vectorised_kwh_per_kwp``, ``modelchain_kwh_per_kwp``,
+        ``difference_pct``, and ``modelchain_s`` (the ModelChain run's wall time).
+    """
+    candidates = run.systems.assign(specific=run.table.set_index("pv_id")["specific_yield_kwh_per_kwp"]
+                                    .reindex(run.systems["pv_id"]).to_numpy())
+    candidates = candidates[np.isfinite(candidates["specific"])]
+    picked = candidates.sample(n=min(n, len(candidates)), random_state=seed).sort_values("pv_id")
+    rows, series = [], {}
+    for row in tqdm(picked.itertuples(), total=len(picked), desc="ModelChain", disable=not progress, mininterval=2):
+        if row.weather_cell not in series:
+            series[row.weather_cell] = cell_weather_series(run.weather[row.weather_cell], settings)
+        started = time.perf_counter()
+        reference = reference_annual_kwh(series[row.weather_cell], row.tilt_deg, row.azimuth_deg, 1.0,
+                                         row.array_type, settings.model)
+        rows.append({"pv_id": row.pv_id, "weather_source": row.weather_source, "array_type": row.array_type,
+                     "tilt_deg": row.tilt_deg, "azimuth_deg": row.azimuth_deg,
+                     "vectorised_kwh_per_kwp": row.specific, "modelchain_kwh_per_kwp": reference,
+                     "difference_pct": 100 * (row.specific / reference - 1),
+                     "modelchain_s": time.perf_counter() - started})
+    return pd.DataFrame(rows)
+
+
+def morning_afternoon_balance(comparison: MeasuredComparison) -> dict:
+    """Modelled over measured energy before and after solar noon, in the training
+    period's cloudless usable samples. A clock error moves energy between morning and
+    afternoon (a model running late is high in the morning, low in the afternoon); with
+    the right labelling and orientation both are near 1."""
+    s = comparison.samples
+    kept = s[s["usable"] & s["train"] & s["clear_sky"] & s["modelled_kw"].notna()]
+    solar_hour = (kept.index + pd.Timedelta(hours=comparison.system.longitude / 15)).hour
+    morning = solar_hour < 12
+    return {"morning": float(kept["modelled_kw"][morning].sum() / kept["measured_kw"][morning].sum()),
+            "afternoon": float(kept["modelled_kw"][~morning].sum() / kept["measured_kw"][~morning].sum())}
+
+
+TARGETS = {"abs_nmbe_pct": 5.0, "daily_nrmse_capacity_pct": 15.0, "modelchain_abs_difference_pct": 0.5}
+"""The issue's targets: |NMBE| and daily NRMSE (of capacity) on the validation period,
+and the agreement with per-system ModelChain runs."""
+
+
+def validation_summary(agreement: pd.DataFrame, comparisons: Mapping[str, MeasuredComparison]) -> dict:
+    """The checks as JSON: ModelChain agreement and, per measured system, its capacity
+    estimate, pvanalytics' flag counts and the metrics, with the targets and whether each
+    is met on the validation period."""
+    worst = float(agreement["difference_pct"].abs().max()) if len(agreement) else None
+    measured = {}
+    for key, comp in comparisons.items():
+        metrics = comp.metrics
+        held_out = metrics[metrics["period"] == "validation"].set_index("resolution")
+        nmbe, daily = float(held_out.at["daily", "nmbe_pct"]), float(held_out.at["daily", "nrmse_capacity_pct"])
+        measured[key] = {
+            "name": comp.system.name, "metadata_source": comp.system.metadata_source,
+            "tilt_deg": comp.system.tilt_deg, "azimuth_deg": comp.system.azimuth_deg,
+            "train": list(comp.system.train), "capacity_kw_estimated": round(comp.capacity_kw, 4),
+            "clear_sky_model_over_measured": morning_afternoon_balance(comp),
+            "quality_flags": {c: int(comp.samples[c].sum()) for c in ("missing", "night", "negative", "stuck", "clipped")}
+            | {"usable": int(comp.samples["usable"].sum()), "samples": len(comp.samples)},
+            "metrics": metrics.drop(columns="system").to_dict(orient="records"),
+            "targets_met": {"abs_nmbe": abs(nmbe) < TARGETS["abs_nmbe_pct"],
+                            "daily_nrmse_capacity": daily < TARGETS["daily_nrmse_capacity_pct"]},
+        }
+    return {
+        "targets": TARGETS,
+        "modelchain": {"systems": len(agreement), "max_abs_difference_pct": worst,
+                       "mean_abs_difference_pct": float(agreement["difference_pct"].abs().mean()) if len(agreement) else None,
+                       "within_target": worst is not None and worst < TARGETS["modelchain_abs_difference_pct"],
+                       "modelchain_s_per_system": float(agreement["modelchain_s"].mean()) if len(agreement) else None},
+        "measured": measured,
+    }

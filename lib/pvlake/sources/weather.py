@@ -139,8 +139,9 @@ def typical_year(data: pd.DataFrame, year: int, shift: pd.Timedelta | str = "0mi
         raise ValueError("weather timestamps carry no time zone")
     keep = ~((index.month == 2) & (index.day == 29))
     index, data = index[keep], data[keep]
-    # The year replaced on the wall clock first (months come from different years),
-    # then the shift, then UTC, whose Dec 31 / Jan 1 seam is wrapped into the same year.
+    # The year replaced on the wall clock first (months come from different years; pvlib
+    # labels the last hour of a leap-year Feb 28 "Mar 1 00:00"), then the shift, then
+    # UTC, whose Dec 31 / Jan 1 seam is wrapped into the same year.
     local = _with_year(index, year).tz_localize(index.tz)
     utc = (local + pd.Timedelta(shift)).tz_convert("UTC").round("min")
     moved = _with_year(utc, year).tz_localize("UTC")
@@ -247,15 +248,23 @@ def station_sites() -> pd.DataFrame:
 # ------------------------------------------------------------------ services
 
 
-def _fetch(session: requests.Session, service: str, url: str, params: dict, dest: Path) -> None:
+def _fetch(session: requests.Session, service: str, url: str, params: dict, dest: Path,
+           secrets: tuple[str, ...] = ()) -> None:
     """GET ``url`` and store the body in ``dest`` (atomically) when the answer is 200.
 
-    The URL in any message is the one without its query string, which may hold a key.
+    Messages name the URL without its query, and every ``secrets`` value (an API key in
+    the query) is blanked out of them, whatever the error says.
     """
+
+    def scrub(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
     try:
         response = session.get(url, params=params)
     except requests.RequestException as exc:
-        raise WeatherServiceError(service, url, failure_reason(session, url, exc)) from exc
+        raise WeatherServiceError(service, url, scrub(failure_reason(session, url, exc))) from None
     if response.status_code != 200:
         reason = http_reason(response)
         try:
@@ -264,9 +273,12 @@ def _fetch(session: requests.Session, service: str, url: str, params: dict, dest
             detail = None
         if isinstance(detail, dict):
             # PVGIS explains a refusal in {"message": ...}, the NSRDB in {"errors": [...]}
-            message = detail.get("message") or "; ".join(map(str, detail.get("errors") or []))
+            # or {"error": {"message": ...}}
+            error = detail.get("error")
+            message = (detail.get("message") or "; ".join(map(str, detail.get("errors") or []))
+                       or (error.get("message") if isinstance(error, dict) else None))
             reason += f": {message}" if message else ""
-        raise WeatherServiceError(service, url, reason)
+        raise WeatherServiceError(service, url, scrub(reason))
     with atomic_path(dest) as tmp:
         tmp.write_bytes(response.content)
 
@@ -274,9 +286,8 @@ def _fetch(session: requests.Session, service: str, url: str, params: dict, dest
 def read_pvgis_tmy(path: str | Path, year: int) -> Weather:
     """A PVGIS TMY answer (JSON, as :func:`get_pvgis_tmy` stores it) as a :class:`Weather`.
 
-    PVGIS labels hours in UTC at the full hour; where its metadata give an "irradiance
-    time offset" (the satellite's scan time within the hour) the values are moved there.
-    ``SP`` is already in Pa.
+    PVGIS labels its hours in UTC at the full hour; they are used as labelled. ``SP`` is
+    already in Pa.
 
     Raises
     ------
@@ -288,28 +299,12 @@ def read_pvgis_tmy(path: str | Path, year: int) -> Weather:
         location = meta["inputs"]["location"]
         latitude, longitude = float(location["latitude"]), float(location["longitude"])
         altitude = float(location.get("elevation") or 0.0)
+        frame = typical_year(_weather_frame(data), year)
     except (KeyError, TypeError, ValueError) as exc:
         raise WeatherServiceError("pvgis", str(path), f"not a PVGIS TMY answer ({exc})") from exc
-    offset_h = _pvgis_time_offset_h(meta)
-    frame = typical_year(_weather_frame(data), year, pd.Timedelta(hours=offset_h))
     return Weather(frame, latitude, longitude, altitude, "PVGIS TMY",
-                   {"months_selected": meta.get("months_selected"), "time_offset_h": offset_h,
-                    "meteo_data": meta["inputs"].get("meteo_data"), "file": Path(path).name})
-
-
-def _pvgis_time_offset_h(meta: dict) -> float:
-    """The irradiance time offset (hours) PVGIS states in its metadata, else 0."""
-    stack = [meta]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if "time offset" in str(key).lower().replace("_", " ") and isinstance(value, (int, float)):
-                    return float(value)
-                stack.append(value)
-        elif isinstance(node, list):
-            stack.extend(node)
-    return 0.0
+                   {"months_selected": meta.get("months_selected"), "meteo_data": meta["inputs"].get("meteo_data"),
+                    "file": Path(path).name})
 
 
 def get_pvgis_tmy(latitude: float, longitude: float, cache_path: str | Path, *, session: requests.Session,
@@ -406,7 +401,7 @@ def get_nsrdb_tmy(latitude: float, longitude: float, cache_path: str | Path, *, 
             "wkt": f"POINT({float(longitude):.4f} {float(latitude):.4f})", "interval": 60, "utc": "true",
             "leap_day": "false", "attributes": ",".join(NSRDB_ATTRIBUTES), "reason": "pvlake energy stage",
         }
-        _fetch(session, "nsrdb", url, params, cache_path)
+        _fetch(session, "nsrdb", url, params, cache_path, secrets=(api_key,))
     return read_nsrdb(cache_path, year)
 
 
