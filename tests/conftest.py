@@ -381,3 +381,24 @@ def stac_proxy(stac_api):
     yield proxy
     proxy.close()
 # --- end stac ---
+
+
+# --- energy: PVGIS- and NSRDB-like weather services (tests/weather_server.py) ---
+@pytest.fixture(scope="session")
+def weather_server_session():
+    """One server per session on 127.0.0.1 answering like PVGIS's TMY API and the NSRDB
+    typical-year download, with real (Greensboro TMY3) weather."""
+    from weather_server import WeatherServer
+
+    server = WeatherServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def weather_server(weather_server_session):
+    """The session's weather server with its request log, faults and sea boxes cleared."""
+    weather_server_session.reset()
+    yield weather_server_session
+    weather_server_session.reset()
+# --- end energy ---
