@@ -107,9 +107,11 @@ class DedupParams:
             )
 
 
-def load_staging(paths: list[str | Path]) -> gpd.GeoDataFrame:
-    """All staging tables in one frame, in a deterministic order (dataset, file, row)."""
-    frames = [gpd.read_parquet(p) for p in sorted(map(str, paths))]
+def load_staging(paths: list[str | Path], pv_ids: list[str] | None = None) -> gpd.GeoDataFrame:
+    """All staging tables in one frame, in a deterministic order (dataset, file, row);
+    only the records of ``pv_ids`` when given (read with a Parquet filter)."""
+    filters = None if pv_ids is None else [("pv_id", "in", list(pv_ids))]
+    frames = [gpd.read_parquet(p, filters=filters) for p in sorted(map(str, paths))]
     frames = [f for f in frames if len(f)]
     if not frames:
         return gpd.GeoDataFrame(columns=list(SCHEMA) + ["geometry"], geometry="geometry", crs=geo.WGS84)
@@ -139,7 +141,7 @@ def _pairs_sharing_a_key(keys: np.ndarray, owners: np.ndarray) -> tuple[np.ndarr
     return _unique_pairs(np.concatenate(left), np.concatenate(right))
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
+def sorted_unique(values: np.ndarray) -> np.ndarray:
     """Sorted distinct integers (numpy 2's hash-based ``np.unique`` is ~50x slower here)."""
     values = np.sort(values)
     return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
@@ -148,7 +150,7 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
 def _unique_pairs(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = np.minimum(i, j), np.maximum(i, j)
     keep = lo != hi
-    packed = _sorted_unique(lo[keep].astype(np.int64) << 32 | hi[keep].astype(np.int64))
+    packed = sorted_unique(lo[keep].astype(np.int64) << 32 | hi[keep].astype(np.int64))
     return packed >> 32, packed & 0xFFFFFFFF
 
 
@@ -201,15 +203,15 @@ def polygon_cells(geoms: np.ndarray, owners: np.ndarray, resolution: int) -> tup
     xy, part = shapely.get_coordinates(edges, return_index=True)
     vertex_cells = coordinates_to_cells(xy[:, 1], xy[:, 0], resolution).to_numpy().astype(np.uint64)
     # consecutive vertices mostly share a cell: ring each distinct (polygon, cell) once
-    vertex_cells, vertex_owner = _distinct_cells(vertex_cells, owners[part])
+    vertex_cells, vertex_owner = distinct_cells(vertex_cells, owners[part])
     ring, counts = _flat_cells(grid_disk(pa.array(vertex_cells), 1))
-    return _distinct_cells(np.concatenate([inner, ring]), np.concatenate([inner_owner, np.repeat(vertex_owner, counts)]))
+    return distinct_cells(np.concatenate([inner, ring]), np.concatenate([inner_owner, np.repeat(vertex_owner, counts)]))
 
 
-def _distinct_cells(cells: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distinct_cells(cells: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (cell, owner) pairs."""
     codes, uniq = pd.factorize(cells)
-    packed = _sorted_unique(codes.astype(np.int64) << 32 | owners)
+    packed = sorted_unique(codes.astype(np.int64) << 32 | owners)
     return uniq[packed >> 32], packed & 0xFFFFFFFF
 
 
@@ -231,6 +233,53 @@ def _join_on_cells(
     return np.repeat(ids, n), reg_ids[pos]
 
 
+@dataclass(frozen=True)
+class CellPlan:
+    """Where each record meets the H3 grid of the candidate search.
+
+    Attributes
+    ----------
+    large_cells, large_owner : numpy.ndarray
+        (cell, record) for every cell a large polygon registers (:func:`polygon_cells`).
+    anchored : numpy.ndarray
+        Records anchored at their centroid's cell: points and small polygons.
+    anchor_cells : numpy.ndarray of uint64
+        That cell, per anchored record.
+    rings : numpy.ndarray of int
+        Rings of cells each anchored record looks up around its anchor.
+    """
+
+    large_cells: np.ndarray
+    large_owner: np.ndarray
+    anchored: np.ndarray
+    anchor_cells: np.ndarray
+    rings: np.ndarray
+
+    def lookups(self):
+        """(cells, record) each anchored record looks up, one ring size at a time."""
+        for ring in np.unique(self.rings):
+            sel = self.rings == ring
+            cells, counts = _flat_cells(grid_disk(pa.array(self.anchor_cells[sel]), int(ring)))
+            yield cells, np.repeat(self.anchored[sel], counts)
+
+
+def cell_plan(gdf: gpd.GeoDataFrame, params: DedupParams) -> CellPlan:
+    """How every record takes part in the candidate search (see :func:`candidate_pairs`)."""
+    res = params.h3_resolution
+    edge = min_edge_m(res)
+    is_point = (gdf["geom_type"] == "Point").to_numpy()
+    extent = half_extent_m(gdf)
+    anchored_poly = ~is_point & (extent <= edge)
+    large = np.flatnonzero(~is_point & ~anchored_poly)
+    anchored = np.flatnonzero(is_point | anchored_poly)
+    large_cells, large_owner = polygon_cells(gdf.geometry.to_numpy()[large], large, res)
+    anchor_cells = coordinates_to_cells(
+        gdf["centroid_lat"].to_numpy()[anchored], gdf["centroid_lon"].to_numpy()[anchored], res,
+    ).to_numpy().astype(np.uint64)
+    rings = np.where(is_point[anchored], point_rings(params), np.where(extent[anchored] <= edge / 2, 1, 2))
+    return CellPlan(large_cells, large_owner, anchored, anchor_cells, rings)
+
+
 def candidate_pairs(gdf: gpd.GeoDataFrame, params: DedupParams) -> tuple[np.ndarray, np.ndarray]:
     """Record pairs that a rule could accept, found through H3 cells.
 
@@ -241,35 +290,34 @@ def candidate_pairs(gdf: gpd.GeoDataFrame, params: DedupParams) -> tuple[np.ndar
     an edge), enough rings for a point to cover the point rules' distances. Covering a
     shape by all the cells it touches costs ~50 µs; anchoring is ~100x cheaper, and no
     pair within reach is missed.
+
+    Whether two records are candidates depends on those two records only (the cells each
+    registers and looks up, :func:`reach_cells`), which is what lets
+    :mod:`pvlake.partition` split the search without missing a pair.
     """
-    res = params.h3_resolution
-    edge = min_edge_m(res)
-    is_point = (gdf["geom_type"] == "Point").to_numpy()
-    extent = half_extent_m(gdf)
-    anchored_poly = ~is_point & (extent <= edge)
-    large = np.flatnonzero(~is_point & ~anchored_poly)
-    anchored = np.flatnonzero(is_point | anchored_poly)
-
-    large_cells, large_owner = polygon_cells(gdf.geometry.to_numpy()[large], large, res)
-    i, j = _pairs_sharing_a_key(large_cells, large_owner)
-    if not len(anchored):
+    plan = cell_plan(gdf, params)
+    i, j = _pairs_sharing_a_key(plan.large_cells, plan.large_owner)
+    if not len(plan.anchored):
         return i, j
-
-    own = pa.array(coordinates_to_cells(
-        gdf["centroid_lat"].to_numpy()[anchored], gdf["centroid_lon"].to_numpy()[anchored], res,
-    ))
-    reg_cells = np.concatenate([large_cells, own.to_numpy().astype(np.uint64)])
-    reg_owner = np.concatenate([large_owner, anchored])
-    k_point = point_rings(params)
-    k = np.where(is_point[anchored], k_point, np.where(extent[anchored] <= edge / 2, 1, 2))
+    reg_cells = np.concatenate([plan.large_cells, plan.anchor_cells])
+    reg_owner = np.concatenate([plan.large_owner, plan.anchored])
     i, j = [i], [j]
-    for ring in np.unique(k):
-        sel = k == ring
-        cells, counts = _flat_cells(grid_disk(own.filter(pa.array(sel)), int(ring)))
-        a, b = _join_on_cells(cells, np.repeat(anchored[sel], counts), reg_cells, reg_owner)
+    for cells, owners in plan.lookups():
+        a, b = _join_on_cells(cells, owners, reg_cells, reg_owner)
         i.append(a)
         j.append(b)
     return _unique_pairs(np.concatenate(i), np.concatenate(j))
+
+
+def reach_cells(gdf: gpd.GeoDataFrame, params: DedupParams) -> tuple[np.ndarray, np.ndarray]:
+    """(cell, record) for every cell a record registers or looks up in the candidate
+    search, possibly repeated: two records are candidates only if they share one."""
+    plan = cell_plan(gdf, params)
+    cells, owners = [plan.large_cells], [plan.large_owner]
+    for looked_up, by in plan.lookups():
+        cells.append(looked_up)
+        owners.append(by)
+    return np.concatenate(cells), np.concatenate(owners)
 
 
 # -- duplicate rules -------------------------------------------------------------------
@@ -368,7 +416,10 @@ def cluster_labels(n: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.nda
 
 def pv_id_rank(gdf: gpd.GeoDataFrame) -> np.ndarray:
     """Each row's position in ``pv_id`` order (integers then sort much faster than strings)."""
-    ids = gdf["pv_id"].to_numpy(dtype=str)
+    return _rank(gdf["pv_id"].to_numpy(dtype=str))
+
+
+def _rank(ids: np.ndarray) -> np.ndarray:
     rank = np.empty(len(ids), dtype=np.int64)
     rank[np.argsort(ids, kind="stable")] = np.arange(len(ids))
     return rank
@@ -377,12 +428,20 @@ def pv_id_rank(gdf: gpd.GeoDataFrame) -> np.ndarray:
 def representative_order(gdf: gpd.GeoDataFrame, priority: dict[str, int], id_rank: np.ndarray | None = None) -> np.ndarray:
     """Row order by preference: polygons first, higher dataset priority, more vertices,
     smaller pv_id."""
-    is_point = (gdf["geom_type"] == "Point").to_numpy()
-    codes, names = pd.factorize(gdf["dataset"])
-    prio = np.array([priority.get(d, 0) for d in names], dtype=np.int64)[codes]
-    vertices = shapely.get_num_coordinates(gdf.geometry.to_numpy())
     id_rank = pv_id_rank(gdf) if id_rank is None else id_rank
-    return np.lexsort((id_rank, -vertices, -prio, is_point))
+    return preference_order(
+        (gdf["geom_type"] == "Point").to_numpy(), gdf["dataset"].to_numpy(dtype=str),
+        shapely.get_num_coordinates(gdf.geometry.to_numpy()), id_rank, priority,
+    )
+
+
+def preference_order(
+    is_point: np.ndarray, dataset: np.ndarray, n_vertices: np.ndarray, id_rank: np.ndarray, priority: dict[str, int]
+) -> np.ndarray:
+    """:func:`representative_order` from plain columns (no geometry needed)."""
+    codes, names = pd.factorize(dataset)
+    prio = np.array([priority.get(d, 0) for d in names], dtype=np.int64)[codes]
+    return np.lexsort((id_rank, -np.asarray(n_vertices), -prio, is_point))
 
 
 def _list_column(values: np.ndarray, counts: np.ndarray) -> pd.arrays.ArrowExtensionArray:
@@ -399,38 +458,79 @@ def dataset_counts(datasets: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     return counts, names
 
 
-def merge_clusters(gdf: gpd.GeoDataFrame, labels: np.ndarray, priority: dict[str, int]) -> gpd.GeoDataFrame:
-    """One row per cluster, sorted by ``pv_id``: the representative's columns plus provenance.
+FILLED = ("capacity_mw", "install_year")
+"""Attributes an installation takes from the first record (in preference order) that has one."""
 
-    ``labels`` number the clusters 0..K-1 (as :func:`cluster_labels` does).
+
+@dataclass(frozen=True)
+class ClusterMerge:
+    """What each installation is made of, in output order (by ``pv_id``).
+
+    Attributes
+    ----------
+    representative : numpy.ndarray of int
+        Record whose columns and geometry the installation keeps.
+    filled : pandas.DataFrame
+        :data:`FILLED` attributes of each installation (first non-null in preference order).
+    provenance : pandas.DataFrame
+        :data:`PROVENANCE` columns.
     """
-    id_rank = pv_id_rank(gdf)
-    rank = np.empty(len(gdf), dtype=np.int64)
-    rank[representative_order(gdf, priority, id_rank)] = np.arange(len(gdf))
+
+    representative: np.ndarray
+    filled: pd.DataFrame
+    provenance: pd.DataFrame
+
+
+def merge_columns(records: pd.DataFrame, n_vertices: np.ndarray, labels: np.ndarray, priority: dict[str, int]) -> ClusterMerge:
+    """The merge of :func:`merge_clusters` from plain columns: ``records`` needs ``pv_id``,
+    ``dataset``, ``geom_type`` and the :data:`FILLED` columns; ``n_vertices`` is each
+    record's vertex count. No geometry is touched, so millions of records merge in
+    little memory."""
+    ids = records["pv_id"].to_numpy(dtype=str)
+    datasets = records["dataset"].to_numpy(dtype=str)
+    id_rank = _rank(ids)
+    rank = np.empty(len(records), dtype=np.int64)
+    rank[preference_order((records["geom_type"] == "Point").to_numpy(), datasets, n_vertices, id_rank, priority)] = (
+        np.arange(len(records)))
     # by cluster, then preference: cluster k's rows are run k, its representative first
     order = np.lexsort((rank, labels))
     runs = labels[order]
     starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
     sizes = np.diff(np.r_[starts, len(order)])
     by_id = np.argsort(id_rank[order[starts]], kind="stable")  # output position -> cluster
-    out = gdf.iloc[order[starts][by_id]].reset_index(drop=True)
+    representative = order[starts][by_id]
+    filled = records[list(FILLED)].iloc[representative].reset_index(drop=True)
     in_multi = np.repeat(sizes > 1, sizes)
     if in_multi.any():
         # first non-null attribute in preference order, for the merged clusters only
-        members = gdf[["capacity_mw", "install_year"]].iloc[order[in_multi]].assign(_cluster=runs[in_multi])
+        members = records[list(FILLED)].iloc[order[in_multi]].assign(_cluster=runs[in_multi])
         firsts = members.groupby("_cluster", sort=True).first()
         position = np.empty(len(by_id), dtype=np.int64)
         position[by_id] = np.arange(len(by_id))
-        for col in ("capacity_mw", "install_year"):
-            out.loc[position[firsts.index.to_numpy()], col] = firsts[col].to_numpy()
-    counts, names = dataset_counts(gdf["dataset"].to_numpy(dtype=str), labels)
+        for col in FILLED:
+            filled.loc[position[firsts.index.to_numpy()], col] = firsts[col].to_numpy()
+    counts, names = dataset_counts(datasets, labels)
     cluster_idx, dataset_idx = np.nonzero(counts)
-    datasets = _list_column(names[dataset_idx], np.bincount(cluster_idx, minlength=len(sizes)))
-    merged = _list_column(gdf["pv_id"].to_numpy(dtype=str)[order], sizes)
-    out["n_sources"] = sizes[by_id].astype("int64")
-    out["n_datasets"] = (counts > 0).sum(axis=1)[by_id].astype("int64")
-    out["source_datasets"] = datasets.take(by_id)
-    out["merged_ids"] = merged.take(by_id)
+    source_datasets = _list_column(names[dataset_idx], np.bincount(cluster_idx, minlength=len(sizes)))
+    merged = _list_column(ids[order], sizes)
+    provenance = pd.DataFrame({
+        "n_sources": sizes[by_id].astype("int64"),
+        "n_datasets": (counts > 0).sum(axis=1)[by_id].astype("int64"),
+        "source_datasets": source_datasets.take(by_id),
+        "merged_ids": merged.take(by_id),
+    })
+    return ClusterMerge(representative, filled, provenance)
+
+
+def merge_clusters(gdf: gpd.GeoDataFrame, labels: np.ndarray, priority: dict[str, int]) -> gpd.GeoDataFrame:
+    """One row per cluster, sorted by ``pv_id``: the representative's columns plus provenance.
+
+    ``labels`` number the clusters 0..K-1 (as :func:`cluster_labels` does).
+    """
+    merge = merge_columns(gdf, shapely.get_num_coordinates(gdf.geometry.to_numpy()), labels, priority)
+    out = gdf.iloc[merge.representative].reset_index(drop=True)
+    out[list(FILLED)] = merge.filled
+    out[list(PROVENANCE)] = merge.provenance
     out = out[list(SCHEMA) + list(PROVENANCE) + ["geometry"]]
     return gpd.GeoDataFrame(out, geometry="geometry", crs=geo.WGS84)
 
@@ -512,13 +612,87 @@ def identical_geometry_groups(gdf: gpd.GeoDataFrame) -> tuple[np.ndarray, np.nda
     return group.astype(np.int64), first
 
 
+@dataclass(frozen=True)
+class Duplicates:
+    """Duplicate pairs among the rows of one frame.
+
+    Attributes
+    ----------
+    by_rule : dict
+        Rule -> (rows, rows): the pairs each rule accepted, between the first records of
+        identical-geometry groups (:func:`identical_geometry_groups`).
+    copies : tuple of numpy.ndarray
+        (group's first row, repeated row) for every record whose geometry repeats an
+        earlier one's.
+    candidates : tuple of numpy.ndarray
+        The candidate pairs examined (between first records).
+    """
+
+    by_rule: dict[str, tuple[np.ndarray, np.ndarray]]
+    copies: tuple[np.ndarray, np.ndarray]
+    candidates: tuple[np.ndarray, np.ndarray]
+
+
+def find_duplicates(staging: gpd.GeoDataFrame, params: DedupParams) -> Duplicates:
+    """Candidate search and duplicate rules over ``staging`` (already cut at ±180), with
+    identical geometries collapsed first so that a flood of them costs linear time."""
+    group, first = identical_geometry_groups(staging)
+    distinct = staging.iloc[first].reset_index(drop=True)
+    ci, cj = candidate_pairs(distinct, params)
+    pairs = classify_pairs(distinct, ci, cj, params)
+    repeated = np.flatnonzero(first[group] != np.arange(len(group)))
+    return Duplicates(
+        {rule: (first[a], first[b]) for rule, (a, b) in pairs.items()},
+        (first[group[repeated]], repeated),  # every repeat to its group's first record
+        (first[ci], first[cj]),
+    )
+
+
+def pairs_per_rule(by_rule: dict[str, tuple[np.ndarray, np.ndarray]], copies: tuple[np.ndarray, np.ndarray], n: int) -> dict[str, int]:
+    """Record pairs per rule as if every record had been paired with every other: a pair
+    of group firsts stands for size(a) x size(b) record pairs, and a group of s identical
+    geometries adds s(s-1)/2 exact pairs."""
+    size = 1 + np.bincount(copies[0], minlength=n).astype(np.int64)
+    out = {rule: int((size[a] * size[b]).sum()) for rule, (a, b) in by_rule.items()}
+    out["exact"] += int((size * (size - 1) // 2).sum())
+    return out
+
+
+def dedup_report(
+    records: pd.DataFrame,
+    labels: np.ndarray,
+    by_rule: dict[str, tuple[np.ndarray, np.ndarray]],
+    copies: tuple[np.ndarray, np.ndarray],
+    candidates: int,
+    params: DedupParams,
+    truth: dict | None = None,
+) -> dict:
+    """The dedup report from plain columns (``dataset``, ``source_file``, ``source_row``
+    of every record), its cluster labels and the pairs found."""
+    size_counts = np.bincount(np.bincount(labels)) if len(labels) else np.zeros(1, int)
+    report = {
+        "params": asdict(params),
+        "records": int(len(records)),
+        "installations": int(labels.max() + 1) if len(labels) else 0,
+        "distinct_geometries": int(len(records) - len(copies[0])),
+        "candidate_pairs": int(candidates),
+        "pairs_per_rule": pairs_per_rule(by_rule, copies, len(records)),
+        "cluster_sizes": {str(k): int(v) for k, v in enumerate(size_counts) if v},
+        "records_per_dataset": {k: int(v) for k, v in records["dataset"].value_counts().sort_index().items()},
+        "overlap_matrix": json.loads(overlap_matrix(records, labels).to_json(orient="index")),
+    }
+    if truth is not None:
+        report["score"] = score_against_truth(records, labels, truth)
+    return report
+
+
 def dedup(
     staging: gpd.GeoDataFrame,
     priority: dict[str, int] | None = None,
     params: DedupParams = DedupParams(),
     truth: dict | None = None,
 ) -> tuple[gpd.GeoDataFrame, dict, np.ndarray]:
-    """De-duplicate staging records into installations.
+    """De-duplicate staging records into installations, in one process.
 
     Parameters
     ----------
@@ -539,35 +713,17 @@ def dedup(
         Pairs per rule, cluster-size histogram, per-dataset overlap matrix, scores.
     labels : numpy.ndarray
         Cluster label of each staging row.
+
+    See Also
+    --------
+    pvlake.partition : the same installations from records split over many processes.
     """
     priority = priority or {}
     staging = with_antimeridian_cut(staging)
-    group, first = identical_geometry_groups(staging)
-    distinct = staging.iloc[first].reset_index(drop=True)
-    ci, cj = candidate_pairs(distinct, params)
-    pairs = classify_pairs(distinct, ci, cj, params)
-    size = np.bincount(group).astype(np.int64)
-    repeated = np.flatnonzero(first[group] != np.arange(len(group)))
-    copies = (first[group[repeated]], repeated)  # every repeat to its group's first record
-    labels = cluster_labels(len(staging), [(first[a], first[b]) for a, b in pairs.values()] + [copies])
+    found = find_duplicates(staging, params)
+    labels = cluster_labels(len(staging), list(found.by_rule.values()) + [found.copies])
     prepared = merge_clusters(staging, labels, priority)
-    size_counts = np.bincount(np.bincount(labels)) if len(labels) else np.zeros(1, int)
-    # record pairs per rule, as if every record had been paired with every other
-    pairs_per_rule = {rule: int((size[a] * size[b]).sum()) for rule, (a, b) in pairs.items()}
-    pairs_per_rule["exact"] += int((size * (size - 1) // 2).sum())
-    report = {
-        "params": asdict(params),
-        "records": int(len(staging)),
-        "installations": int(len(prepared)),
-        "distinct_geometries": int(len(first)),
-        "candidate_pairs": int(len(ci)),
-        "pairs_per_rule": pairs_per_rule,
-        "cluster_sizes": {str(k): int(v) for k, v in enumerate(size_counts) if v},
-        "records_per_dataset": {k: int(v) for k, v in staging["dataset"].value_counts().sort_index().items()},
-        "overlap_matrix": json.loads(overlap_matrix(staging, labels).to_json(orient="index")),
-    }
-    if truth is not None:
-        report["score"] = score_against_truth(staging, labels, truth)
+    report = dedup_report(staging, labels, found.by_rule, found.copies, len(found.candidates[0]), params, truth)
     return prepared, report, labels
 
 
@@ -587,6 +743,12 @@ def pairs_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame(
         {"rule": list(report["pairs_per_rule"]), "pairs": list(report["pairs_per_rule"].values())}
     )
+
+
+def read_merged(parquet_path: str | Path) -> gpd.GeoDataFrame:
+    """The installations of a prepared GeoParquet made of more than one record (read with
+    a Parquet filter: the rest of the file stays on disk)."""
+    return gpd.read_parquet(parquet_path, filters=[("n_sources", ">", 1)])
 
 
 def merged_records(staging: gpd.GeoDataFrame, labels: np.ndarray, prepared: gpd.GeoDataFrame) -> gpd.GeoDataFrame:

@@ -54,6 +54,26 @@ class Layout:
         """JSON report of the dedup stage (pairs per rule, clusters, overlaps, scores)."""
         return self.data_dir / "prepared" / "dedup_report.json"
 
+    def dedup_work_dir(self) -> Path:
+        """Intermediate files of a partitioned dedup (config ``dedup.partitions`` > 1)."""
+        return self.data_dir / "dedup"
+
+    def dedup_records(self) -> Path:
+        """Per-record columns the partitioned dedup's merge reads (Parquet, no geometry)."""
+        return self.dedup_work_dir() / "records.parquet"
+
+    def dedup_partition(self, part: int | str) -> Path:
+        """Records of one dedup partition, halo included (Parquet)."""
+        return self.dedup_work_dir() / f"part-{part}.parquet"
+
+    def dedup_pairs(self, part: int | str) -> Path:
+        """Duplicate pairs one dedup partition found and owns (Parquet)."""
+        return self.dedup_work_dir() / f"pairs-{part}.parquet"
+
+    def dedup_split_report(self) -> Path:
+        """JSON report of the dedup split: records per partition, halo, coarse cells."""
+        return self.dedup_work_dir() / "split.json"
+
     def stac_dir(self) -> Path:
         """The STAC stage's outputs: the catalogue of scenes found and their assignment."""
         return self.data_dir / "stac"
