@@ -383,6 +383,40 @@ def stac_proxy(stac_api):
 # --- end stac ---
 
 
+# --- context: Overture's release bucket played by a local HTTP server (tests/overture_server.py) ---
+
+
+@pytest.fixture(scope="session")
+def overture_release(tmp_path_factory) -> Path:
+    """The Overture-shaped division_area sample release (pvlake.sample_overture), written
+    once per session; returns the folder that plays the bucket."""
+    from pvlake.sample_overture import write_sample_release
+
+    root = tmp_path_factory.mktemp("overture bucket")
+    write_sample_release(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def overture_server(overture_release):
+    """One server per session on 127.0.0.1 serving the sample release like Overture's
+    bucket (ListObjectsV2 listing, range requests); yields it (``.url``, ``.seen``)."""
+    from overture_server import OvertureBucket
+
+    bucket = OvertureBucket(overture_release, page_size=1)
+    yield bucket
+    bucket.close()
+
+
+@pytest.fixture
+def overture_bucket(overture_server):
+    """The session's bucket with its request log and faults cleared for one test."""
+    overture_server.reset()
+    yield overture_server
+    overture_server.reset()
+# --- end context ---
+
+
 # --- energy: PVGIS- and NSRDB-like weather services (tests/weather_server.py) ---
 @pytest.fixture(scope="session")
 def weather_server_session():

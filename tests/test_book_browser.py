@@ -15,25 +15,33 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pvlake.maps import LONBOARD_MODULE
+from pvlake.maps import CONTEXT_FILL_RGBA, LONBOARD_MODULE
 
 pytestmark = pytest.mark.workflow
 
 MAP_TIMEOUT_MS = 120_000
 DRAWN_PIXELS = 200
-"""A map counts as drawn when this many pixels of its canvas differ from the background."""
+"""A map counts as drawn when this many pixels of its canvas show the geographic context
+(land in :data:`pvlake.maps.CONTEXT_FILL_RGBA`) and this many show data."""
+
+CONTEXT_TOLERANCE = 12
+"""Largest summed RGB difference from the land colour of a context pixel."""
+
+DATA_SATURATION = 40
+"""A data pixel (an installation, a coloured area) is saturated: max - min of its RGB
+channels above this. The context layer is grey (land, outlines, sea), never that."""
 
 SLOW_CPU = 4
 """Chromium's CPU throttling rate for the slow-machine check: the embedded lonboard module
 missed anywidget's 2 s deadline from a rate of 3 on an idle 2-core machine."""
 
 
-def drawn_pixels(png: bytes) -> int:
-    """Pixels of a screenshot that differ from its most common colour (the background)."""
-    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3)
-    colours, counts = np.unique(rgb, axis=0, return_counts=True)
-    background = colours[counts.argmax()]
-    return int((np.abs(rgb.astype(int) - background).sum(axis=1) > 30).sum())
+def map_pixels(png: bytes) -> tuple[int, int]:
+    """Pixels of a map screenshot that show the context layer (land), and the data."""
+    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).astype(int)
+    land = np.abs(rgb - np.array(CONTEXT_FILL_RGBA[:3])).sum(axis=1) <= CONTEXT_TOLERANCE
+    data = (rgb.max(axis=1) - rgb.min(axis=1)) > DATA_SATURATION
+    return int(land.sum()), int(data.sum())
 
 
 def watch(page, allowed_prefix: str) -> dict[str, list]:
@@ -62,13 +70,14 @@ def problems_seen(seen: dict[str, list]) -> list[str]:
 
 
 def map_drawn(page, widget) -> bool:
-    """Wait until the WebGL canvas of a map widget has drawn (polling screenshots of its
-    box: deck.gl has no "drawn" event); False if it stays blank."""
+    """Wait until the WebGL canvas of a map widget shows both the country context and the
+    data at its initial view (polling screenshots of its box: deck.gl has no "drawn"
+    event); False if it does not."""
     canvas = widget.locator("canvas").first
     canvas.wait_for(state="visible", timeout=MAP_TIMEOUT_MS)
-    canvas.scroll_into_view_if_needed()
+    canvas.scroll_into_view_if_needed(timeout=MAP_TIMEOUT_MS)
     deadline = time.monotonic() + MAP_TIMEOUT_MS / 1000
-    while drawn_pixels(page.screenshot(clip=canvas.bounding_box())) < DRAWN_PIXELS:
+    while min(map_pixels(page.screenshot(clip=canvas.bounding_box()))) < DRAWN_PIXELS:
         if time.monotonic() > deadline:
             return False
         page.wait_for_timeout(100)
@@ -76,9 +85,16 @@ def map_drawn(page, widget) -> bool:
 
 
 def blank_maps(page, n_maps: int) -> list[str]:
-    """The maps (of the first ``n_maps`` map widgets on the page) that did not draw."""
+    """The maps (of the first ``n_maps`` map widgets on the page) that did not show their
+    context and their data."""
     widgets = page.locator(".widget-vbox").filter(has=page.locator("canvas"))
-    return [f"map {i + 1} of {n_maps} is blank" for i in range(n_maps) if not map_drawn(page, widgets.nth(i))]
+    found = []
+    for i in range(n_maps):
+        if not map_drawn(page, widgets.nth(i)):
+            canvas = widgets.nth(i).locator("canvas").first
+            land, data = map_pixels(page.screenshot(clip=canvas.bounding_box()))
+            found.append(f"map {i + 1} of {n_maps}: {land} context pixels, {data} data pixels")
+    return found
 
 
 def maps_on(html: str) -> int:
@@ -115,6 +131,7 @@ def test_every_book_page_opens_offline_and_its_maps_draw(chromium, book_server, 
     pages = book_maps(sample_book)
     assert {"intro.html", "reproducibility.html", "references.html"} <= set(pages)
     assert sum(n for name, n in pages.items() if name.startswith("harmonize-")) == 6, pages
+    assert pages["context-context.html"] == 3, pages  # choropleth, H3 cells, installations
     # one browser context, as one reader: the book's scripts come from the HTTP cache after the first page
     context = chromium.new_context(viewport={"width": 1280, "height": 900})
     problems = {}

@@ -384,7 +384,7 @@ def read_overture_divisions(
                                                   ("id", "subtype", "country", "region", "name_primary", "name_en", "geometry")})), label
     con = _overture_connection(timeout_s, attempts)
     try:
-        table = con.execute(overture_sql(sources, boxes)).fetch_arrow_table()
+        table = con.execute(overture_sql(sources, boxes)).to_arrow_table()
     except Exception as exc:  # duckdb raises IO, HTTP and binder errors for a bad file or URL
         raise DatasetError("overture_divisions", ", ".join(sources[:3]) + (" ..." if len(sources) > 3 else ""),
                            f"cannot be read as Overture division_area GeoParquet ({str(exc).splitlines()[0]})") from exc
