@@ -129,3 +129,50 @@ def test_build_html_keeps_the_previous_book_when_the_build_fails(tmp_path):
         book.build_html(source, html)
     assert (html / "index.html").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["html", "source"]  # no scratch left
+
+
+# --- the user guide: docs/*.md rendered in the book -------------------------------------
+
+from pvlake.book import GUIDE_ORDER, write_guide  # noqa: E402
+
+
+def test_guide_pages_keep_links_to_each_other_and_name_repository_files(tmp_path):
+    docs = tmp_path / "docs"
+    (docs / "img").mkdir(parents=True)
+    (docs / "img" / "a.png").write_bytes(b"png")
+    (docs / "dedup.md").write_text("# Dedup\n\nSee [the lake](lake.md#snapshots), [config](../workflow/config/README.md), "
+                                   "[`lib/pvlake/dedup.py`](../lib/pvlake/dedup.py), [site](https://example.org) "
+                                   "and ![a map](img/a.png).\n")
+    (docs / "lake.md").write_text("# Lake\n")
+    (docs / "zeta.md").write_text("# Zeta\n")
+    source = tmp_path / "source"
+    source.mkdir()
+    toc = write_guide(docs, source)
+    assert toc == [{"file": "guide/dedup"}, {"file": "guide/lake"}, {"file": "guide/zeta"}]  # guide order, then by name
+    text = (source / "guide" / "dedup.md").read_text()
+    assert "[the lake](lake.md#snapshots)" in text and "[site](https://example.org)" in text
+    assert "config (`workflow/config/README.md`)" in text and "`lib/pvlake/dedup.py`," in text
+    assert "![a map](img/a.png)" in text and (source / "guide" / "img" / "a.png").exists()
+
+
+def test_readme_is_a_front_door_and_every_manual_is_in_the_guide(repo_root):
+    readme = (repo_root / "README.md").read_text()
+    assert len(readme.splitlines()) < 250
+    docs = sorted(p.stem for p in (repo_root / "docs").glob("*.md"))
+    assert set(docs) <= set(GUIDE_ORDER), "give a new manual its place in GUIDE_ORDER"
+    # every relative link of the README and the manuals resolves on GitHub (in the tree)
+    for page in [repo_root / "README.md", *sorted((repo_root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if not re.match(r"^[a-z]+:", target) and not target.startswith("#"):
+                assert (page.parent / target.split("#")[0]).exists(), (page.name, target)
+    for stage in ("download", "harmonize", "dedup", "lake", "book", "benchmarks"):
+        assert f"(docs/{stage}.md)" in readme, stage
+
+
+def test_sample_book_has_the_user_guide(sample_book, repo_root):
+    toc_pages = [p.stem for p in sorted((repo_root / "docs").glob("*.md"))]
+    for stem in toc_pages:
+        html = (sample_book / "guide" / f"{stem}.html").read_text()
+        assert "User guide" in html
+    intro = (sample_book / "index.html").read_text() if (sample_book / "index.html").exists() else ""
+    assert "guide/" in (sample_book / "intro.html").read_text() + intro

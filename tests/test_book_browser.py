@@ -188,3 +188,25 @@ def test_exploration_notebook_runs_in_jupyterlab_and_shows_the_map(chromium, jup
     for asset in (LONBOARD_MODULE, "parquet_wasm_bg.wasm"):
         assert f"{base}static/pvlake/{asset}" in seen["requested"], asset
     assert not problems_seen(seen), problems_seen(seen)
+
+
+def test_user_guide_pages_open_offline_and_wide_tables_fit_the_page(chromium, book_server, sample_book):
+    guide = sorted(p.name for p in (sample_book / "guide").glob("*.html"))
+    assert {"download.html", "harmonize.html", "dedup.html", "lake.html", "book.html"} <= set(guide)
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        for name in ["intro.html"] + [f"guide/{g}" for g in guide]:
+            problems = check_book_page(page, book_server, name, 0)
+            # no table runs past the article's column (the data sources table once did)
+            overflow = page.evaluate("""() => {
+                const article = document.querySelector('.bd-article');
+                const right = article.getBoundingClientRect().right;
+                return [...article.querySelectorAll('table')]
+                    .filter(t => t.getBoundingClientRect().right > right + 1
+                                 || t.parentElement.scrollWidth > t.parentElement.clientWidth + 1)
+                    .map(t => t.innerText.slice(0, 60));
+            }""")
+            assert not problems and not overflow, (name, problems, overflow)
+    finally:
+        context.close()

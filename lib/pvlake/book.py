@@ -220,9 +220,56 @@ def write_chapters(chapters: Mapping[str, list[Path]], source: Path) -> list[dic
     return toc
 
 
-def table_of_contents(chapters: list[dict]) -> dict:
-    """The jupyter-book ``_toc.yml``: introduction, stage chapters, appendix pages."""
+GUIDE_ORDER = (
+    "setup", "manifest", "download", "harmonize", "dedup", "context", "stac", "cubes", "energy", "forecast",
+    "lake", "scaleout", "book", "sample", "benchmarks", "testing",
+)
+"""Reading order of the user guide's pages (``docs/<name>.md``); others follow by name."""
+
+GUIDE_FOLDER = "guide"
+
+MARKDOWN_LINK = re.compile(r"(?<!!)\[(?P<text>[^\]]+)\]\((?P<target>[^)\s]+)\)")
+
+
+def _repository_links_as_paths(markdown: str, page: Path, docs: Path) -> str:
+    """Links from a guide page to repository files outside ``docs/`` (they work on GitHub)
+    written as the path in code instead: the book has no page for them, and a link it
+    cannot resolve fails the build."""
+
+    def plain(match: re.Match) -> str:
+        target = match["target"]
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+            return match[0]
+        resolved = (page.parent / target.split("#")[0]).resolve()
+        if resolved.is_relative_to(docs.resolve()):
+            return match[0]
+        path = resolved.relative_to(docs.resolve().parent).as_posix() if resolved.is_relative_to(docs.resolve().parent) else target
+        text = match["text"]
+        return text if text.strip("`") == path else f"{text} (`{path}`)"
+
+    return MARKDOWN_LINK.sub(plain, markdown)
+
+
+def write_guide(docs: Path, source: Path) -> list[dict]:
+    """Copy the user guide (``docs/*.md`` and the files they show) into ``source/guide/``
+    and return its table-of-contents entries, in :data:`GUIDE_ORDER`."""
+    if not docs.is_dir():
+        return []
+    dest = source / GUIDE_FOLDER
+    shutil.copytree(docs, dest, ignore=shutil.ignore_patterns("*.md"))
+    pages = sorted(docs.glob("*.md"), key=lambda p: (GUIDE_ORDER.index(p.stem) if p.stem in GUIDE_ORDER else len(GUIDE_ORDER), p.stem))
+    for page in pages:
+        text = _repository_links_as_paths(page.read_text(encoding="utf-8"), page, docs)
+        (dest / page.name).write_text(text, encoding="utf-8")
+    return [{"file": f"{GUIDE_FOLDER}/{p.stem}"} for p in pages]
+
+
+def table_of_contents(chapters: list[dict], guide: list[dict] = ()) -> dict:
+    """The jupyter-book ``_toc.yml``: introduction, stage chapters, the user guide,
+    appendix pages."""
     parts = [{"caption": "Pipeline stages", "chapters": chapters}] if chapters else []
+    if guide:
+        parts.append({"caption": "User guide", "chapters": list(guide)})
     parts.append({"caption": "Provenance", "chapters": [{"file": "reproducibility"}, {"file": "references"}]})
     return {"format": "jb-book", "root": "intro", "parts": parts}
 
@@ -388,8 +435,10 @@ def assemble(
     source: Path,
     node_modules: Path,
     lock: Path,
+    docs: Path = Path("docs"),
 ) -> dict[str, list[Path]]:
-    """Write the complete book source into ``source`` (emptied first).
+    """Write the complete book source into ``source`` (emptied first): the committed
+    template, the run's chapters, the user guide from ``docs``, the generated pages.
 
     Returns
     -------
@@ -402,7 +451,7 @@ def assemble(
     manifest = load_manifest(manifest_path)
     specs = [manifest[name] for name in active_datasets(manifest)]
     chapters = executed_notebooks(layout, {s.name for s in specs})
-    toc = table_of_contents(write_chapters(chapters, source))
+    toc = table_of_contents(write_chapters(chapters, source), write_guide(docs, source))
     (source / "_toc.yml").write_text(yaml.safe_dump(toc, sort_keys=False), encoding="utf-8")
     (source / "references.bib").write_text(bibtex(specs), encoding="utf-8")
     (source / "_datasets.md").write_text(datasets_table(specs, layout), encoding="utf-8")
@@ -480,6 +529,7 @@ def _unique_scripts(app, pagename, templatename, context, doctree) -> None:
 def setup(app) -> dict:
     """Sphinx extension of the book (``sphinx.extra_extensions`` in ``book/_config.yml``)."""
     app.add_js_file(None, body=REQUIREJS_CONFIG_JS, priority=100)
+    app.add_css_file("pvlake.css")
     # early: a handler that returns a template name ends the event for later ones
     app.connect("html-page-context", _unique_scripts, priority=1)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
@@ -493,12 +543,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", default="book", help="committed book sources")
     parser.add_argument("--node-modules", default="book/node_modules")
     parser.add_argument("--lock", default="requirements.lock")
+    parser.add_argument("--docs", default="docs", help="the user guide's pages")
     parser.add_argument("--config", default="{}", help="the run's configuration as JSON")
     args = parser.parse_args(argv)
     book_dir = Path(args.book_dir)
     assemble(
         Layout(args.data_dir), Path(args.manifest), json.loads(args.config), Path(args.template),
-        book_dir / "source", Path(args.node_modules), Path(args.lock),
+        book_dir / "source", Path(args.node_modules), Path(args.lock), Path(args.docs),
     )
     print(f"book: {build_html(book_dir / 'source', book_dir / 'html')}")
     return 0

@@ -6,6 +6,9 @@
 # the stage outputs, which are rewritten together with their notebooks.
 BOOK_STAGE_OUTPUTS = list(TARGETS)
 BOOK_SOURCES = sorted(str(p) for ext in ("yml", "md", "svg") for p in Path("book").glob(f"*.{ext}") if p.name != "README.md")
+BOOK_SOURCES += sorted(str(p) for p in Path("book/_static").glob("*"))
+# The user guide: a manual page added or edited rebuilds the book.
+BOOK_SOURCES += sorted(str(p) for p in Path("docs").rglob("*") if p.is_file())
 BOOK_HTML = str(Path(config["book_dir"]) / "html" / "index.html")
 TARGETS.append(BOOK_HTML)
 
@@ -30,5 +33,5 @@ rule book:
         config=json.dumps(config, sort_keys=True),
     shell:
         "{params.python:q} -m pvlake.book --data-dir {params.data_dir:q} --manifest {input.manifest:q}"
-        " --book-dir {params.book_dir:q} --template book --node-modules book/node_modules"
+        " --book-dir {params.book_dir:q} --template book --node-modules book/node_modules --docs docs"
         " --lock {input.lock:q} --config {params.config:q} > {log:q} 2>&1"
