@@ -392,7 +392,7 @@ def test_sample_run_lake_holds_every_layer_and_a_second_publish_adds_no_snapshot
     assert summary["catalog"] == str(layout.lake_catalog().resolve())
     # the tables later stages declare (the lake rule's `tables` parameter) hold their files' rows
     declared = notebook_parameters(layout.executed_notebook("lake", "lake"))["tables"]
-    assert {t["layer"] for t in declared} == {"stac"}
+    assert "stac" in {t["layer"] for t in declared}
     expected = expected_rows(layout, manifest) | {
         f"{t['layer']}.{t['name']}": pq.read_metadata(t["path"]).num_rows for t in declared}
     assert summary["tables"] == expected
