@@ -752,7 +752,7 @@ def open_catalog(spec: CatalogSpec, settings: HttpSettings, cache: DiskCache, st
 def run_searches(catalog, groups: list[GroupSearch], qualifying: bool = True, workers: int = 1,
                  progress: bool = False, desc: str = "search") -> list[list[dict]]:
     """The answer to every group search, in ``groups`` order; a tqdm bar shows groups
-    done and items found."""
+    done and items returned so far (an item returned to two groups counts twice)."""
     bar = tqdm(total=len(groups), desc=desc, unit="group", disable=not progress)
     found = 0
 
@@ -765,7 +765,7 @@ def run_searches(catalog, groups: list[GroupSearch], qualifying: bool = True, wo
             results.append(features)
             found += len(features)
             bar.update()
-            bar.set_postfix(items=found, refresh=False)
+            bar.set_postfix(items_returned=found, refresh=False)
     bar.close()
     return results
 
