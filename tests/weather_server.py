@@ -9,7 +9,8 @@ typical-year download, for the energy stage's protocol tests.
   the SAM CSV the NSRDB answers (two metadata lines, a header, 8,760 rows); a wrong key
   gets 403 with the API's JSON error, missing parameters a 400 with ``errors``.
 
-The weather in both answers is real: pvlib's Greensboro TMY3 file, relabelled. Faults can
+The weather in both answers is real: pvlib's Greensboro TMY3 file, relabelled and moved to
+the point's solar time. Faults can
 be planted per path (an HTTP status with ``Retry-After: 0``); every request is recorded.
 """
 
@@ -180,9 +181,15 @@ class WeatherServer:
     def at_sea(self, lat: float, lon: float) -> bool:
         return any(a <= lat <= b and c <= lon <= d for a, b, c, d in self.sea)
 
+    def _at(self, lon: float):
+        """The Greensboro year moved in time to the point's longitude (its noon at the
+        point's solar noon), on the same UTC labels."""
+        hours = round((lon - float(self._meta["longitude"])) / 15)
+        return self._data.set_axis(self._data.index).apply(lambda col: np.roll(col.to_numpy(), -hours))
+
     def pvgis_answer(self, lat: float, lon: float) -> dict:
         """PVGIS's TMY JSON at a point: the Greensboro year, in UTC, months from their years."""
-        data = self._data
+        data = self._at(lon)
         index = data.index
         rows = [{
             "time(UTC)": t.strftime("%Y%m%d:%H%M"), "T2m": float(r.temp_air), "RH": float(r.relative_humidity),
@@ -201,7 +208,7 @@ class WeatherServer:
 
     def nsrdb_answer(self, lat: float, lon: float) -> str:
         """The NSRDB SAM CSV at a point (UTC, instantaneous values at half past)."""
-        data = self._data
+        data = self._at(lon)
         header = ("Source,Location ID,City,State,Country,Latitude,Longitude,Time Zone,Elevation,Local Time Zone,"
                   "DHI Units,DNI Units,GHI Units,Temperature Units,Pressure Units,Wind Speed Units,"
                   "Surface Albedo Units,Version")

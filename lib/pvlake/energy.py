@@ -122,10 +122,10 @@ north; ``kwh_01`` ... ``kwh_12`` are the months (UTC); ``capacity_factor`` is an
 energy over DC capacity x 8,760 h."""
 
 PROFILE_COLUMNS = {
-    "h3_cell": pa.string(),
+    "h3_cell": pa.dictionary(pa.int32(), pa.string()),
     "time_utc": pa.timestamp("us", tz="UTC"),
     "ac_kw": pa.float64(),
-    "installations": pa.int64(),
+    "installations": pa.int32(),
     "capacity_kw": pa.float64(),
 }
 """Columns of ``curated/pv_energy_profile.parquet``: per coarse H3 cell and hour of the
@@ -268,21 +268,39 @@ class _Flags:
 
     def __init__(self, n: int):
         self.n = n
-        self.codes: list[tuple[str, np.ndarray, np.ndarray | str]] = []
+        self.codes: list[tuple[str, np.ndarray, object]] = []
 
-    def add(self, code: str, mask: np.ndarray, message: np.ndarray | str | None = None) -> None:
+    def add(self, code: str, mask: np.ndarray, message=None) -> None:
+        """Flag the rows of ``mask`` with ``code``; ``message`` is a text, or a function
+        of a row index giving that row's detail (called for flagged rows only)."""
         mask = np.asarray(mask, dtype=bool)
         if mask.any():
             self.codes.append((code, mask, FLAGS[code] if message is None else message))
 
-    def columns(self) -> tuple[list[list[str]], list[str]]:
-        codes: list[list[str]] = [[] for _ in range(self.n)]
-        reasons: list[list[str]] = [[] for _ in range(self.n)]
-        for code, mask, message in self.codes:
-            for i in np.flatnonzero(mask):
-                codes[i].append(code)
-                reasons[i].append(f"{code}: {message if isinstance(message, str) else message[i]}")
-        return codes, ["; ".join(r) for r in reasons]
+    def columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the sorted list of its codes, and its reasons joined by "; ".
+
+        Rows with the same set of flags share one list (and one text, unless a flag's
+        message is per row): a handful of combinations whatever the number of rows."""
+        bits = np.zeros(self.n, dtype=np.int64)
+        for k, (_, mask, _) in enumerate(self.codes):
+            bits[mask] |= 1 << k
+        combos, inverse = np.unique(bits, return_inverse=True)
+        codes = np.empty(self.n, dtype=object)
+        reasons = np.empty(self.n, dtype=object)
+        for j, combo in enumerate(combos):
+            rows = np.flatnonzero(inverse == j)
+            members = sorted((self.codes[k] for k in range(len(self.codes)) if combo >> k & 1), key=lambda m: m[0])
+            shared = np.empty(1, dtype=object)
+            shared[0] = list(dict.fromkeys(code for code, _, _ in members))
+            codes[rows] = shared.repeat(len(rows))
+            if all(isinstance(message, str) for _, _, message in members):
+                reasons[rows] = "; ".join(f"{code}: {message}" for code, _, message in members)
+                continue
+            for i in rows:
+                reasons[i] = "; ".join(f"{code}: {message if isinstance(message, str) else message(i)}"
+                                       for code, _, message in members)
+        return codes, reasons
 
 
 def capacity_from_area_kw(area_m2: np.ndarray, rooftop: np.ndarray, capacity: Mapping) -> np.ndarray:
@@ -336,24 +354,27 @@ def source_attributes(attributes: pd.Series, names: Mapping) -> pd.DataFrame:
     text = attributes.astype("string")
     # only the records mentioning one of the names are parsed
     pattern = "|".join(f'"{name}"' for name in map(str, wanted))
-    candidates = text.str.contains(pattern, regex=True, na=False).to_numpy()
-    for i in np.flatnonzero(candidates):
+    rows = np.flatnonzero(text.str.contains(pattern, regex=True, na=False).to_numpy())
+    found: dict[str, list] = {key: [None] * len(rows) for key in names}
+    for j, raw in enumerate(text.iloc[rows]):
         try:
-            record = json.loads(text.iloc[i])
+            record = json.loads(raw)
         except (TypeError, ValueError):
             continue
+        if not isinstance(record, dict):
+            continue
         for key, keys in names.items():
-            value = next((record[k] for k in keys if record.get(k) is not None), None)
-            if value is None:
-                continue
-            if key == "mount":
-                out.iat[i, 3] = str(value)
-            else:
-                out.iat[i, out.columns.get_loc(key)] = pd.to_numeric(value, errors="coerce")
+            found[key][j] = next((record[k] for k in keys if record.get(k) is not None), None)
+    for key, values in found.items():
+        if key == "mount":
+            out.iloc[rows, out.columns.get_loc(key)] = [None if v is None else str(v) for v in values]
+        else:
+            out.iloc[rows, out.columns.get_loc(key)] = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(float)
     return out
 
 
-def system_parameters(installations: pd.DataFrame, settings: EnergySettings) -> pd.DataFrame:
+def system_parameters(installations: pd.DataFrame, settings: EnergySettings,
+                      flags: _Flags | None = None) -> pd.DataFrame:
     """Capacity, mount and orientation of every installation, with flags.
 
     Parameters
@@ -362,38 +383,41 @@ def system_parameters(installations: pd.DataFrame, settings: EnergySettings) -> 
         ``pv_id``, ``centroid_lon``, ``centroid_lat``, ``area_m2``, ``capacity_mw`` and
         optionally ``attributes`` (the source record as JSON), as in the prepared table.
     settings : EnergySettings
+    flags : _Flags, optional
+        Where the stage collects every flag; without it, the flags are returned.
 
     Returns
     -------
     pandas.DataFrame
         ``pv_id``, ``latitude``, ``longitude``, ``area_m2``, ``capacity_kw``,
         ``capacity_source``, ``array_type``, ``tilt_deg``, ``azimuth_deg``,
-        ``orientation_source`` and ``flags``/``flag_reasons``.
+        ``orientation_source``, and (without ``flags``) ``flags``/``flag_reasons``.
     """
     cap_cfg, orient = settings.capacity, settings.orientation
     n = len(installations)
-    flags = _Flags(n)
+    collect = flags is None
+    flags = _Flags(n) if collect else flags
     lat = installations["centroid_lat"].to_numpy(dtype=float, na_value=np.nan)
     lon = installations["centroid_lon"].to_numpy(dtype=float, na_value=np.nan)
     area = installations["area_m2"].to_numpy(dtype=float, na_value=np.nan)
     source_kw = installations["capacity_mw"].to_numpy(dtype=float, na_value=np.nan) * 1000.0
 
     bad_area = np.isfinite(area) & (area <= 0)
-    flags.add("area_not_positive", bad_area, np.array([f"area_m2 = {a:g}" for a in area], dtype=object))
+    flags.add("area_not_positive", bad_area, lambda i, area=area: f"area_m2 = {area[i]:g}")
     area = np.where(bad_area, np.nan, area)
     has_area = np.isfinite(area)
     rooftop = has_area & (area < cap_cfg["rooftop_max_area_m2"])
     area_kw = capacity_from_area_kw(area, rooftop, cap_cfg)
 
     bad_cap = np.isfinite(source_kw) & (source_kw <= 0)
-    flags.add("capacity_not_positive", bad_cap, np.array([f"capacity_mw = {c / 1000:g}" for c in source_kw], dtype=object))
+    flags.add("capacity_not_positive", bad_cap, lambda i, kw=source_kw: f"capacity_mw = {kw[i] / 1000:g}")
     source_kw = np.where(bad_cap, np.nan, source_kw)
     with np.errstate(invalid="ignore", divide="ignore"):
         w_per_m2 = source_kw * 1000.0 / area
     too_dense = np.isfinite(w_per_m2) & (w_per_m2 > cap_cfg["max_w_per_m2"])
-    flags.add("capacity_exceeds_area", too_dense, np.array(
-        [f"{c:,.1f} kW on {a:,.0f} m² is {d:,.0f} W/m² (> {cap_cfg['max_w_per_m2']:g} W/m²)"
-         for c, a, d in zip(source_kw, area, w_per_m2)], dtype=object))
+    flags.add("capacity_exceeds_area", too_dense,
+              lambda i, kw=source_kw: f"{kw[i]:,.1f} kW on {area[i]:,.0f} m² is {w_per_m2[i]:,.0f} W/m² "
+                        f"(> {cap_cfg['max_w_per_m2']:g} W/m²)")
     source_kw = np.where(too_dense, np.nan, source_kw)
 
     capacity = np.full(n, np.nan)
@@ -416,12 +440,12 @@ def system_parameters(installations: pd.DataFrame, settings: EnergySettings) -> 
     single = mount.isin([v.lower() for v in orient["single_axis_values"]]).to_numpy()
     fixed_named = mount.isin([v.lower() for v in orient["fixed_values"]]).to_numpy()
     other_mount = mount.notna().to_numpy() & ~single & ~fixed_named
-    flags.add("mount_not_modelled", other_mount, np.array([f"mount {m!r}" for m in mount.fillna("")], dtype=object))
+    flags.add("mount_not_modelled", other_mount, lambda i: f"mount {mount.iloc[i]!r}")
 
     src_tilt = attrs["tilt"].to_numpy(dtype=float)
     src_az = attrs["azimuth"].to_numpy(dtype=float)
     bad_tilt = np.isfinite(src_tilt) & ((src_tilt < 0) | (src_tilt > 90))
-    flags.add("tilt_out_of_range", bad_tilt, np.array([f"tilt {t:g} deg" for t in src_tilt], dtype=object))
+    flags.add("tilt_out_of_range", bad_tilt, lambda i: f"tilt {attrs['tilt'].iat[i]:g} deg")
     src_tilt = np.where(bad_tilt, np.nan, src_tilt)
     # an attribute present but unreadable ("n/a") counts as invalid, a missing one does not
     named_az = attrs["azimuth"].notna().to_numpy() | _attribute_present(installations, orient["attributes"]["azimuth"])
@@ -443,14 +467,16 @@ def system_parameters(installations: pd.DataFrame, settings: EnergySettings) -> 
     azimuth[single] = np.where(np.isfinite(axis_az[single]), np.mod(axis_az[single], 180.0), 180.0)
     orientation_source[single] = "source"
 
-    codes, reasons = flags.columns()
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "pv_id": installations["pv_id"].astype(str).to_numpy(),
         "latitude": lat, "longitude": lon, "area_m2": area,
         "capacity_kw": capacity, "capacity_source": capacity_source,
         "array_type": array_type, "tilt_deg": tilt, "azimuth_deg": azimuth,
-        "orientation_source": orientation_source, "flags": codes, "flag_reasons": reasons,
+        "orientation_source": orientation_source,
     })
+    if collect:
+        frame["flags"], frame["flag_reasons"] = flags.columns()
+    return frame
 
 
 def _attribute_present(installations: pd.DataFrame, names: list[str]) -> np.ndarray:
@@ -495,11 +521,16 @@ def assign_weather_cells(latitude: np.ndarray, longitude: np.ndarray, settings: 
     if settings.weather == "offline":
         stations = wx.station_sites() if stations is None else stations
         best_km, best = np.full(n, np.inf), np.full(n, -1)
+        # geodesics only within a box that holds every point closer than station_max_km
+        reach_deg = settings.station_max_km / 110.0 + 0.1
         for j, st in stations.iterrows():
-            _, _, d_m = GEOD.inv(np.where(located, lon, 0), np.where(located, lat, 0),
-                                 np.full(n, st.longitude), np.full(n, st.latitude))
-            closer = located & (d_m / 1000.0 < best_km)
-            best_km[closer], best[closer] = d_m[closer] / 1000.0, j
+            near_lat = np.abs(lat - st.latitude) <= reach_deg
+            dlon = np.abs((lon - st.longitude + 180.0) % 360.0 - 180.0)
+            widest = np.cos(np.radians(min(89.9, abs(st.latitude) + reach_deg)))
+            box = np.flatnonzero(located & near_lat & (dlon * widest <= reach_deg))
+            _, _, d_m = GEOD.inv(lon[box], lat[box], np.full(len(box), st.longitude), np.full(len(box), st.latitude))
+            closer = d_m / 1000.0 < best_km[box]
+            best_km[box[closer]], best[box[closer]] = d_m[closer] / 1000.0, j
         near = best_km <= settings.station_max_km
         for j, st in stations.iterrows():
             rows = near & (best == j)
@@ -567,17 +598,24 @@ def sun_time_terms(times: pd.DatetimeIndex) -> dict:
     }
 
 
-def sun_position_at(terms: Mapping, latitude, longitude, altitude_m, pressure_pa, temp_air_c) -> dict:
+def observer_terms(latitude, altitude_m) -> tuple:
+    """The SPA's site terms ``x`` and ``y`` (geocentric position of the observer)."""
+    u = spa.uterm(latitude)
+    return spa.xterm(u, latitude, altitude_m), spa.yterm(u, latitude, altitude_m)
+
+
+def sun_position_at(terms: Mapping, latitude, longitude, altitude_m, pressure_pa, temp_air_c,
+                    observer: tuple | None = None) -> dict:
     """The observer's half of the SPA: ``apparent_zenith``, ``zenith`` (without
     refraction) and ``azimuth``, degrees.
 
     ``terms`` (:func:`sun_time_terms`, possibly indexed) and the observer arrays only
     need to broadcast together: (hours, 1) with (1, sites) for a grid, or equal-length
-    flat arrays for any set of (hour, site) pairs.
+    flat arrays for any set of (hour, site) pairs. ``observer`` may hold
+    :func:`observer_terms` already computed for these sites.
     """
     hour_angle = spa.local_hour_angle(terms["nu"], longitude, terms["alpha"])
-    u = spa.uterm(latitude)
-    x, y = spa.xterm(u, latitude, altitude_m), spa.yterm(u, latitude, altitude_m)
+    x, y = observer if observer is not None else observer_terms(latitude, altitude_m)
     delta_alpha = spa.parallax_sun_right_ascension(x, terms["xi"], hour_angle, terms["delta"])
     delta_prime = spa.topocentric_sun_declination(terms["delta"], x, y, terms["xi"], delta_alpha, hour_angle)
     h_prime = spa.topocentric_local_hour_angle(hour_angle, delta_alpha)
@@ -913,12 +951,22 @@ class CellWeather:
 
 @dataclass
 class CellResult:
-    """Yields of one cell's installations (per kWp) and its hourly profile terms."""
+    """Yields of one cell's installations (per kWp, in the order given) and the hourly
+    power of its profile cells (``profile_cell`` -> (hour indexes, kW))."""
 
-    rows: np.ndarray
     annual_per_kw: np.ndarray
     monthly_per_kw: np.ndarray
     profile: dict
+
+
+@dataclass(frozen=True)
+class CellSystems:
+    """The installations of one weather cell as arrays: their :class:`Surfaces`, DC
+    capacity (kW, NaN when unknown) and profile cell."""
+
+    surfaces: Surfaces
+    capacity_kw: np.ndarray
+    profile_cell: np.ndarray
 
 
 @lru_cache(maxsize=8)
@@ -980,7 +1028,9 @@ def _chunk_sky(cells: list[CellWeather], settings: EnergySettings) -> list[SkyHo
     flat["pressure"][from_clear] = pvlib.atmosphere.alt2pres(alt[site[from_clear]])
     flat["albedo"] = np.where(np.isnan(flat["albedo"]), model.albedo, flat["albedo"])
     terms = {k: clock[k][hour] for k in ("nu", "alpha", "delta", "xi")}
-    sun = sun_position_at(terms, lat[site], lon[site], alt[site], flat["pressure"], flat["temp_air"])
+    x, y = observer_terms(lat, alt)
+    sun = sun_position_at(terms, lat[site], lon[site], alt[site], flat["pressure"], flat["temp_air"],
+                          observer=(x[site], y[site]))
     zenith, azimuth = sun["apparent_zenith"], sun["azimuth"]
     dni_extra = clock["dni_extra"][hour]
     if from_clear.any():
@@ -1003,21 +1053,22 @@ def _month_bounds(hours: np.ndarray, year: int) -> np.ndarray:
     return np.searchsorted(hours, first_hour)
 
 
-def _cell_yields(sky: SkyHours, systems: pd.DataFrame, settings: EnergySettings) -> CellResult:
+def _cell_yields(sky: SkyHours, systems: CellSystems, settings: EnergySettings) -> CellResult:
     """Annual and monthly yield per kWp of one cell's installations, and their capacity-
     weighted hourly power summed per profile cell."""
     model = settings.model
-    surfaces = Surfaces(systems["tilt_deg"].to_numpy(float), systems["azimuth_deg"].to_numpy(float),
-                        systems["array_type"].to_numpy(object))
+    surfaces = systems.surfaces
     n = len(surfaces)
+    rows, cols, weights, nodes = np.arange(n), np.arange(n), np.ones(n), surfaces
     if model.method == "grid":
-        rows, cols, weights, nodes = grid_nodes(surfaces, model)
-    else:
-        rows, cols, weights, nodes = np.arange(n), np.arange(n), np.ones(n), surfaces
+        grid = grid_nodes(surfaces, model)
+        # the grid pays where installations share nodes; a cell of a few own orientations
+        # is cheaper (and exact) surface by surface
+        if len(grid[3]) < n:
+            rows, cols, weights, nodes = grid
     starts = np.append(_month_bounds(sky.hours, settings.year), len(sky.hours))
-    capacity = np.nan_to_num(systems["capacity_kw"].to_numpy(float))
-    profile_cells = systems["profile_cell"].to_numpy(object)
-    groups, group_of = np.unique(profile_cells.astype(str), return_inverse=True)
+    capacity = np.nan_to_num(systems.capacity_kw)
+    groups, group_of = np.unique(systems.profile_cell.astype(str), return_inverse=True)
     # capacity-weighted node weights per profile cell: profile = power(nodes) @ weights
     by_group = np.zeros((len(nodes), len(groups)))
     np.add.at(by_group, (cols, group_of[rows]), weights * capacity[rows])
@@ -1025,8 +1076,11 @@ def _cell_yields(sky: SkyHours, systems: pd.DataFrame, settings: EnergySettings)
     node_monthly = np.zeros((MONTHS, len(nodes)))
     hourly = np.zeros((len(sky.hours), len(groups)))
     step = max(1, model.chunk_systems)
-    for lo in range(0, len(nodes), step):
-        block = slice(lo, lo + step)
+    tracked = nodes.array_type == "single_axis"
+    # fixed planes and trackers in separate blocks: a tracker's orientation is per hour
+    blocks = [kind[lo:lo + step] for kind in (np.flatnonzero(~tracked), np.flatnonzero(tracked))
+              for lo in range(0, len(kind), step)]
+    for block in blocks:
         power = np.nan_to_num(ac_power_per_kw(sky, nodes.take(block), model))
         total = np.concatenate([np.zeros((1, power.shape[1])), np.cumsum(power, axis=0)])
         node_monthly[:, block] = total[starts[1:]] - total[starts[:-1]]
@@ -1034,8 +1088,7 @@ def _cell_yields(sky: SkyHours, systems: pd.DataFrame, settings: EnergySettings)
         hourly += power @ by_group[block]
     annual = np.bincount(rows, weights=weights * node_annual[cols], minlength=n)
     monthly = np.stack([np.bincount(rows, weights=weights * node_monthly[m, cols], minlength=n) for m in range(MONTHS)], axis=1)
-    profile = {g: (sky.hours, hourly[:, k]) for k, g in enumerate(groups)}
-    return CellResult(systems.index.to_numpy(), annual, monthly, profile)
+    return CellResult(annual, monthly, {g: (sky.hours, hourly[:, k]) for k, g in enumerate(groups)})
 
 
 def simulate(systems: pd.DataFrame, cells: dict[str, CellWeather], settings: EnergySettings,
@@ -1058,16 +1111,21 @@ def simulate(systems: pd.DataFrame, cells: dict[str, CellWeather], settings: Ene
     profile : dict
         profile cell -> hourly AC power (kW, 8,760 values) of its installations.
     """
-    annual = pd.Series(np.nan, index=systems.index)
+    annual = np.full(len(systems), np.nan)
     monthly = np.full((len(systems), MONTHS), np.nan)
-    position = pd.Series(np.arange(len(systems)), index=systems.index)
     profile: dict[str, np.ndarray] = {}
-    present = systems[systems["weather_cell"].isin(list(cells))]
-    by_cell = dict(tuple(present.groupby("weather_cell", sort=True)))
+    cell_of = systems["weather_cell"].to_numpy(object)
+    present = np.flatnonzero(pd.Series(cell_of).isin(list(cells)).to_numpy())
+    order = present[np.argsort(cell_of[present].astype(str), kind="stable")]
+    names, starts = np.unique(cell_of[order].astype(str), return_index=True)
+    members = dict(zip(names, np.split(order, starts[1:])))
+    surfaces = Surfaces(systems["tilt_deg"].to_numpy(float), systems["azimuth_deg"].to_numpy(float),
+                        systems["array_type"].to_numpy(object))
+    capacity = systems["capacity_kw"].to_numpy(float)
+    profile_cell = systems["profile_cell"].to_numpy(object)
     # cells sharing a clock form chunks; within a clock, cells in name order
-    order = sorted(by_cell, key=lambda c: (cells[c].minute, c))
     chunks, current = [], []
-    for cell in order:
+    for cell in sorted(members, key=lambda c: (cells[c].minute, c)):
         if current and (len(current) >= settings.chunk_cells or cells[cell].minute != cells[current[0]].minute):
             chunks.append(current)
             current = []
@@ -1075,22 +1133,26 @@ def simulate(systems: pd.DataFrame, cells: dict[str, CellWeather], settings: Ene
     if current:
         chunks.append(current)
 
-    def run(chunk: list[str]) -> list[CellResult]:
+    def run(chunk: list[str]) -> list[tuple[np.ndarray, CellResult]]:
         skies = _chunk_sky([cells[c] for c in chunk], settings)
-        return [_cell_yields(sky, by_cell[c], settings) for sky, c in zip(skies, chunk)]
+        out = []
+        for sky, cell in zip(skies, chunk):
+            idx = members[cell]
+            part = CellSystems(surfaces.take(idx), capacity[idx], profile_cell[idx])
+            out.append((idx, _cell_yields(sky, part, settings)))
+        return out
 
     bar = tqdm(total=len(present), desc="energy", unit="installation", disable=not progress, mininterval=2)
     with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
         for results in pool.map(run, chunks):
-            for res in results:
-                idx = position.loc[res.rows].to_numpy()
-                annual.iloc[idx] = res.annual_per_kw
+            for idx, res in results:
+                annual[idx] = res.annual_per_kw
                 monthly[idx] = res.monthly_per_kw
                 for group, (hours, power) in res.profile.items():
                     profile.setdefault(group, np.zeros(wx.HOURS_PER_YEAR))[hours] += power
-                bar.update(len(res.rows))
+                bar.update(len(idx))
     bar.close()
-    yields = pd.DataFrame({"specific_yield_kwh_per_kwp": annual.to_numpy()}, index=systems.index)
+    yields = pd.DataFrame({"specific_yield_kwh_per_kwp": annual}, index=systems.index)
     for m in range(MONTHS):
         yields[f"kwh_per_kwp_{m + 1:02d}"] = monthly[:, m]
     return yields, profile
@@ -1198,7 +1260,7 @@ class EnergyRun:
     ----------
     table : pandas.DataFrame
         The energy table (:data:`ENERGY_COLUMNS`), sorted by ``pv_id``.
-    profile : pandas.DataFrame
+    profile : pyarrow.Table
         Hourly profiles per coarse H3 cell (:data:`PROFILE_COLUMNS`).
     report : dict
         Counts and timing.
@@ -1209,7 +1271,7 @@ class EnergyRun:
     """
 
     table: pd.DataFrame
-    profile: pd.DataFrame
+    profile: pa.Table
     report: dict
     systems: pd.DataFrame
     weather: dict
@@ -1229,12 +1291,12 @@ def energy_table(installations: pd.DataFrame, settings: EnergySettings, cache_di
         Where weather services' answers are kept across runs.
     """
     started = time.perf_counter()
-    systems = system_parameters(installations, settings)
+    flags = _Flags(len(installations))
+    systems = system_parameters(installations, settings, flags)
     cells = assign_weather_cells(systems["latitude"].to_numpy(), systems["longitude"].to_numpy(), settings)
     systems = pd.concat([systems, cells], axis=1)
     systems["profile_cell"] = h3_cells(systems["longitude"].to_numpy(), systems["latitude"].to_numpy(),
                                        settings.profile_h3_resolution)
-    flags = _Flags(len(systems))
     located = np.isfinite(systems["latitude"]) & np.isfinite(systems["longitude"])
     flags.add("no_location", ~located)
     flags.add("outside_weather_coverage", located & ~systems["covered"],
@@ -1248,17 +1310,15 @@ def energy_table(installations: pd.DataFrame, settings: EnergySettings, cache_di
                  .sort_index().reset_index())
     weather, failures = load_cell_weather(cell_rows, settings, cache_dir, progress)
     failed_rows = systems["weather_cell"].isin(list(failures)).to_numpy()
-    flags.add("weather_unavailable", failed_rows,
-              np.array([failures.get(c, "") for c in systems["weather_cell"]], dtype=object))
+    cell_of = systems["weather_cell"].to_numpy()
+    flags.add("weather_unavailable", failed_rows, lambda i: failures[cell_of[i]])
     sources = {c: w.source for c, w in weather.items()}
     systems["weather_source"] = systems["weather_cell"].map(sources)
     clear = (systems["weather_kind"] == "clearsky").to_numpy()
     flags.add("clearsky_upper_bound", clear)
     yields, profile_hours = simulate(systems, weather, settings, progress)
 
-    extra_codes, extra_reasons = flags.columns()
-    codes = [sorted(set(a + b)) for a, b in zip(systems["flags"], extra_codes)]
-    reasons = ["; ".join(r for r in (a, b) if r) for a, b in zip(systems["flag_reasons"], extra_reasons)]
+    codes, reasons = flags.columns()
     specific = yields["specific_yield_kwh_per_kwp"].to_numpy()
     capacity = systems["capacity_kw"].to_numpy()
     table = pd.DataFrame({
@@ -1275,7 +1335,7 @@ def energy_table(installations: pd.DataFrame, settings: EnergySettings, cache_di
     table["flags"], table["flag_reasons"] = codes, reasons
     table = table.sort_values("pv_id", kind="stable").reset_index(drop=True)
 
-    profile = profile_frame(profile_hours, systems, settings.year)
+    profile = profile_table(profile_hours, systems, settings.year)
     report = {
         "installations": len(table),
         "with_energy": int(np.isfinite(table["specific_yield_kwh_per_kwp"]).sum()),
@@ -1286,36 +1346,39 @@ def energy_table(installations: pd.DataFrame, settings: EnergySettings, cache_di
         "by_weather_source": table["weather_source"].fillna("none").value_counts().sort_index().to_dict(),
         "by_capacity_source": table["capacity_source"].value_counts().sort_index().to_dict(),
         "by_orientation_source": table["orientation_source"].value_counts().sort_index().to_dict(),
-        "flags": pd.Series([c for cs in codes for c in cs], dtype=object).value_counts().sort_index().to_dict(),
-        "profile_cells": int(profile["h3_cell"].nunique()) if len(profile) else 0,
+        "flags": {code: int(mask.sum()) for code, mask, _ in sorted(flags.codes, key=lambda m: m[0])},
+        "profile_cells": profile.num_rows // wx.HOURS_PER_YEAR,
         "method": settings.model.method,
         "seconds": round(time.perf_counter() - started, 2),
     }
     return EnergyRun(table, profile, report, systems, weather)
 
 
-def profile_frame(profile_hours: dict, systems: pd.DataFrame, year: int) -> pd.DataFrame:
-    """Long table of the hourly profiles: one row per profile cell and hour."""
+def profile_table(profile_hours: dict, systems: pd.DataFrame, year: int) -> pa.Table:
+    """Long table of the hourly profiles (:data:`PROFILE_COLUMNS`): one row per profile
+    cell and hour, built as Arrow columns (a global run has millions of rows)."""
     counted = systems[np.isfinite(systems["capacity_kw"]) & systems["weather_cell"].notna()]
     stats = counted.groupby("profile_cell")["capacity_kw"].agg(["size", "sum"])
-    hours = year_clock(year, 0)
-    frames = []
-    for cell in sorted(profile_hours):
-        if cell not in stats.index:
-            continue
-        frames.append(pd.DataFrame({"h3_cell": cell, "time_utc": hours, "ac_kw": profile_hours[cell],
-                                    "installations": int(stats.at[cell, "size"]),
-                                    "capacity_kw": float(stats.at[cell, "sum"])}))
-    if not frames:
-        return pd.DataFrame({k: pd.Series(dtype=object) for k in PROFILE_COLUMNS})
-    return pd.concat(frames, ignore_index=True)
+    cells = [c for c in sorted(profile_hours) if c in stats.index]
+    hours = wx.HOURS_PER_YEAR
+    times = year_clock(year, 0).as_unit("us").asi8
+    index = np.repeat(np.arange(len(cells), dtype=np.int32), hours)
+    columns = {
+        "h3_cell": pa.DictionaryArray.from_arrays(pa.array(index), pa.array(cells, pa.string())),
+        "time_utc": pa.array(np.tile(times, len(cells)), PROFILE_COLUMNS["time_utc"]),
+        "ac_kw": pa.array(np.concatenate([profile_hours[c] for c in cells]) if cells else np.zeros(0)),
+        "installations": pa.array(stats["size"].reindex(cells).to_numpy(np.int32)[index]),
+        "capacity_kw": pa.array(stats["sum"].reindex(cells).to_numpy(float)[index]),
+    }
+    return pa.table(columns, schema=pa.schema(PROFILE_COLUMNS))
 
 
-def write_table(frame: pd.DataFrame, schema: Mapping[str, pa.DataType], path: str | Path) -> None:
-    """Write ``frame`` with ``schema`` (column order and types) as Parquet, atomically."""
-    table = pa.Table.from_pandas(frame[list(schema)], schema=pa.schema(schema), preserve_index=False)
+def write_table(table: pd.DataFrame | pa.Table, schema: Mapping[str, pa.DataType], path: str | Path) -> None:
+    """Write ``table`` with ``schema`` (column order and types) as Parquet, atomically."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table[list(schema)], schema=pa.schema(schema), preserve_index=False)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table.select(list(schema)), tmp, compression="zstd")
 
 
 INSTALLATION_COLUMNS = ("pv_id", "centroid_lon", "centroid_lat", "area_m2", "capacity_mw", "attributes")

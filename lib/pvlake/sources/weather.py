@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -225,21 +226,29 @@ def read_tmy2(path: str | Path, year: int, name: str | None = None) -> Weather:
                    f"TMY2 {meta['WBAN']} ({label})", {**meta, "file": Path(path).name})
 
 
+@lru_cache(maxsize=8)
 def read_station(station: Station, year: int) -> Weather:
-    """The weather of one of :data:`PVLIB_STATIONS`."""
+    """The weather of one of :data:`PVLIB_STATIONS` (parsed once per process: pvlib's
+    TMY2 reader takes seconds)."""
     reader = read_tmy3 if station.file_format == "tmy3" else read_tmy2
     return reader(station.path, year, station.name)
 
 
+TMY3_HEADER = ("USAF", "Name", "State", "TZ", "latitude", "longitude", "altitude")
+TMY2_HEADER = "WBAN,City,State,TZ,latitude,longitude,altitude"
+
+
 def station_sites() -> pd.DataFrame:
     """Where the :data:`PVLIB_STATIONS` are: ``station_id``, ``name``, ``latitude``,
-    ``longitude`` (from each file's header)."""
+    ``longitude``, from the first line of each file (as pvlib's readers parse it)."""
     rows = []
     for station in PVLIB_STATIONS:
+        with open(station.path, encoding="latin-1") as fh:
+            line = fh.readline()
         if station.file_format == "tmy3":
-            _, meta = pvlib.iotools.read_tmy3(station.path, map_variables=True)
+            meta = dict(zip(TMY3_HEADER, line.rstrip("\n").split(",")))
         else:
-            _, meta = pvlib.iotools.read_tmy2(station.path)
+            meta = pvlib.iotools.tmy._parsemeta_tmy2(TMY2_HEADER, line)
         rows.append({"station_id": station.station_id, "name": station.name,
                      "latitude": float(meta["latitude"]), "longitude": float(meta["longitude"])})
     return pd.DataFrame(rows)
