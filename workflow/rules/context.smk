@@ -30,21 +30,16 @@ LAKE_TABLES.extend([
 ])
 
 
-def context_boundary_files(wildcards):
-    """The local boundaries file the stage reads (Natural Earth), so a new one reruns it;
-    Overture is read remotely at a pinned release."""
-    if CONTEXT["boundaries"] != "natural_earth":
-        return []
-    return [CONTEXT["natural_earth_path"] or str(natural_earth_path())]
-
-
 rule context:
     """Country and region of every installation (Natural Earth offline, or Overture Maps
     divisions over HTTP), and the curated per-country and per-H3-cell tables."""
     input:
         notebook="notebooks/context.ipynb",
         prepared=str(LAYOUT.prepared_parquet()),
-        boundaries=context_boundary_files,
+        # the local boundaries file (Natural Earth), so a new one reruns the stage; Overture
+        # is read remotely at a pinned release
+        boundaries=lambda wc: [CONTEXT["natural_earth_path"] or str(natural_earth_path())]
+        if CONTEXT["boundaries"] == "natural_earth" else [],
     output:
         **{key: str(path) for key, path in CONTEXT_OUTPUTS.items()},
     log:
