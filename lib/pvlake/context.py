@@ -696,7 +696,7 @@ def country_stats(enriched: gpd.GeoDataFrame, boundaries: gpd.GeoDataFrame) -> g
     country's boundary (null for that row), for choropleths.
     """
     df = _country_key(enriched)
-    is_point = df.geometry.geom_type.eq("Point").to_numpy() if "geom_type" not in df else df["geom_type"].eq("Point").to_numpy()
+    is_point = shapely.get_type_id(df.geometry.to_numpy()) == 0
     capacity = pd.to_numeric(df.get("capacity_mw"), errors="coerce") if "capacity_mw" in df else pd.Series(np.nan, index=df.index)
     n_datasets = df["n_datasets"] if "n_datasets" in df else pd.Series(1, index=df.index)
     frame = pd.DataFrame({
@@ -767,7 +767,7 @@ def h3_stats(enriched: pd.DataFrame, resolution: int = 3) -> gpd.GeoDataFrame:
     """
     cells = geo.h3_cells(enriched["centroid_lon"].to_numpy(dtype=float), enriched["centroid_lat"].to_numpy(dtype=float),
                          resolution)
-    is_point = enriched["geom_type"].eq("Point").to_numpy()
+    is_point = shapely.get_type_id(enriched.geometry.to_numpy()) == 0
     frame = pd.DataFrame({
         "h3_cell": cells, "installations": 1, "points": is_point.astype(int), "polygons": (~is_point).astype(int),
         "total_area_m2": enriched["area_m2"].fillna(0.0).to_numpy(),
