@@ -1040,11 +1040,14 @@ def _chunk_sky(cells: list[CellWeather], settings: EnergySettings) -> list[SkyHo
         for k in ("ghi", "dni", "dhi"):
             flat[k][from_clear] = cs[k]
     keep = (flat["ghi"] > 0) | (flat["dni"] > 0) | (flat["dhi"] > 0)
+    # the whole chunk as one flat sky, split into its cells at the end
+    sky = site_sky(hour[keep], zenith[keep], azimuth[keep], {k: v[keep] for k, v in flat.items()},
+                   dni_extra[keep], model)
     bounds = np.searchsorted(site[keep], np.arange(1, len(cells)))
-    split = {k: np.split(v[keep], bounds) for k, v in {**flat, "hour": hour, "zenith": zenith, "azimuth": azimuth,
-                                                       "dni_extra": dni_extra}.items()}
-    return [site_sky(split["hour"][j], split["zenith"][j], split["azimuth"][j], {k: split[k][j] for k in flat},
-                     split["dni_extra"][j], model) for j in range(len(cells))]
+    parts = {f.name: np.split(getattr(sky, f.name), bounds) for f in fields(SkyHours) if f.name != "diffuse"}
+    diffuse = {k: np.split(v, bounds) for k, v in sky.diffuse.items()}
+    return [SkyHours(**{k: v[j] for k, v in parts.items()}, diffuse={k: v[j] for k, v in diffuse.items()})
+            for j in range(len(cells))]
 
 
 def _month_bounds(hours: np.ndarray, year: int) -> np.ndarray:
