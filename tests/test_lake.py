@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 
 import duckdb
 import geopandas as gpd
@@ -347,7 +349,7 @@ from pvlake import lake
 from pvlake.layout import Layout
 from pvlake.manifest import load_manifest
 
-data_dir, manifest, catalog, data_path, *names = sys.argv[1:]
+data_dir, manifest, where, *names = sys.argv[1:]
 layout = Layout(data_dir)
 specs = load_manifest(manifest)
 tables = []
@@ -356,9 +358,27 @@ for name in names:
         tables.append(lake.prepared_table(layout))
     else:
         tables += [lake.raw_table(specs[name], layout, progress=False), lake.staging_table(layout, name)]
-result = lake.publish_pipeline(layout, tables, catalog=catalog, data_path=data_path, prune=False, progress=False)
+result = lake.publish_pipeline(layout, tables, prune=False, progress=False, **json.loads(where))
 print(json.dumps(result["published"]))
 """
+
+
+def start_writers(layout, sample_dir, where: dict, groups: list[list[str]]) -> list[subprocess.Popen]:
+    """One writer process per group of tables (dataset names, or "prepared") publishing
+    to the lake at ``where`` (catalog, data_path, s3)."""
+    return [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(layout.data_dir), str(sample_dir / "manifest.json"),
+                          json.dumps(where), *group], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for group in groups
+    ]
+
+
+def finish_writers(writers: list[subprocess.Popen]) -> list[dict]:
+    """Each writer's publish result, once all have exited successfully."""
+    outputs = [w.communicate(timeout=300) for w in writers]
+    for writer, (out, err) in zip(writers, outputs):
+        assert writer.returncode == 0, err[-3000:]
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
 
 
 def test_two_concurrent_writer_processes_lose_nothing(layout, manifest, sample_dir, postgres_database):
@@ -366,20 +386,155 @@ def test_two_concurrent_writer_processes_lose_nothing(layout, manifest, sample_d
     data_path = str(layout.data_dir / "shared_data")
     datasets = active_datasets(manifest)
     halves = [datasets[: len(datasets) // 2], [*datasets[len(datasets) // 2:], "prepared"]]
-    writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(layout.data_dir), str(sample_dir / "manifest.json"),
-                          catalog, data_path, *half], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for half in halves
-    ]
-    outputs = [w.communicate(timeout=300) for w in writers]
-    for writer, (out, err) in zip(writers, outputs):
-        assert writer.returncode == 0, err[-3000:]
-    published = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    published = finish_writers(start_writers(layout, sample_dir, {"catalog": catalog, "data_path": data_path}, halves))
     assert all(p["snapshot_id"] is not None for p in published)
     assert published[0]["snapshot_id"] != published[1]["snapshot_id"]
     con = lake.open_lake(layout, catalog=catalog, data_path=data_path)
     assert lake.table_rows(con) == expected_rows(layout, manifest)
     assert sorted(lake.publish_snapshots(con)) == sorted(p["snapshot_id"] for p in published)
+
+
+# --- PostgreSQL catalog + S3 data files (a real SeaweedFS on 127.0.0.1) ----------------
+
+def s3_objects(where: dict) -> list[str]:
+    """Parquet objects under the lake's S3 data path, listed through S3 (ListObjectsV2)."""
+    con = lake.connect(extensions=("httpfs",))
+    con.execute(lake.s3_secret_sql(where["s3"]))
+    try:
+        return [r[0] for r in con.execute(f"SELECT file FROM glob('{where['data_path']}**/*.parquet')").fetchall()]
+    except duckdb.HTTPException as exc:
+        if "NoSuchBucket" in str(exc):  # the first upload creates it
+            return []
+        raise
+
+
+READER = """
+import json, sys
+from pvlake import lake
+from pvlake.layout import Layout
+
+con = lake.open_lake(Layout(sys.argv[1]), read_only=True, **json.loads(sys.argv[2]))
+print(json.dumps(lake.table_rows(con)))
+"""
+
+
+def rows_read_by_another_process(layout, where: dict) -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-c", READER, str(layout.data_dir), json.dumps(where)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_postgres_catalog_with_s3_data_files_holds_every_layer_and_another_process_reads_it(
+        layout, manifest, postgres_database, s3_lake, seaweedfs):
+    where = {"catalog": f"postgres:{postgres_database}", **s3_lake}
+    result = publish_all(layout, manifest, **where)
+    assert result["tables"] == expected_rows(layout, manifest)
+    assert result["data_path"] == s3_lake["data_path"]
+    assert not layout.lake_catalog().exists() and not layout.lake_data().exists()  # nothing local
+    # every data file is an object in the bucket (files a compaction replaced stay an hour
+    # in a shared lake: a reader's transaction may still be using them)
+    assert len(s3_objects(where)) >= result["compaction"]["files_after"]["stored"] >= len(result["tables"])
+    assert rows_read_by_another_process(layout, where) == result["tables"]
+    # credentials never leave the environment
+    published = layout.lake_summary().read_text()
+    for secret in (seaweedfs.secret_key, seaweedfs.access_key, os.environ["PGPASSWORD"]):
+        assert secret not in published
+    assert publish_all(layout, manifest, **where)["published"]["snapshot_id"] is None
+
+
+def test_one_writer_per_dataset_commits_without_loss_through_postgres_and_s3(
+        layout, manifest, sample_dir, postgres_database, s3_lake):
+    where = {"catalog": f"postgres:{postgres_database}", **s3_lake}
+    groups = [[name] for name in active_datasets(manifest)] + [["prepared"]]
+    published = finish_writers(start_writers(layout, sample_dir, where, groups))
+    assert len({p["snapshot_id"] for p in published}) == len(groups)
+    con = lake.open_lake(layout, **where)
+    assert lake.table_rows(con) == expected_rows(layout, manifest)
+    assert sorted(lake.publish_snapshots(con)) == sorted(p["snapshot_id"] for p in published)
+
+
+def test_object_store_restarting_during_a_publish_is_waited_for(layout, manifest, sample_dir, postgres_database,
+                                                                tmp_path, monkeypatch):
+    from conftest import SeaweedS3
+
+    store = SeaweedS3(tmp_path / "store")  # its own server: the session's stays up
+    store.start()
+    try:
+        for key, value in store.env.items():
+            monkeypatch.setenv(key, value)
+        where = {"catalog": f"postgres:{postgres_database}", "data_path": "s3://restart/lake/", "s3": store.lake_s3()}
+        groups = [[*active_datasets(manifest), "prepared"]]
+        writer = start_writers(layout, sample_dir, where, groups)[0]
+        deadline = time.monotonic() + 120
+        while not s3_objects(where) and writer.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert writer.poll() is None, "the publish ended before the store could be restarted"
+        store.restart()  # ~2-4 s without an answer, in the middle of the publish
+        assert writer.poll() is None, "the publish ended while the store was down"
+        assert sorted(finish_writers([writer])[0]["written"]) == sorted(expected_rows(layout, manifest))
+        con = lake.open_lake(layout, **where)
+        assert lake.table_rows(con) == expected_rows(layout, manifest)
+    finally:
+        store.stop()
+
+
+def test_object_store_down_fails_with_one_clear_message_and_a_rerun_completes(
+        layout, manifest, postgres_database, s3_lake, seaweedfs, tmp_path, monkeypatch):
+    from conftest import SeaweedS3
+
+    store = SeaweedS3(tmp_path / "store")
+    store.start()
+    try:
+        for key, value in store.env.items():
+            monkeypatch.setenv(key, value)
+        where = {"catalog": f"postgres:{postgres_database}", "data_path": "s3://down/lake/",
+                 "s3": store.lake_s3(http_retries=1)}
+        first = publish_all(layout, manifest, **where)
+        staging = gpd.read_parquet(layout.staging_parquet("uk_crowdsourced_pv_2020"))
+        write_geoparquet(staging.iloc[:-1], layout.staging_parquet("uk_crowdsourced_pv_2020"))
+        store.stop()
+        with pytest.raises(lake.LakeStorageError) as err:
+            publish_all(layout, manifest, **where)
+        message = str(err.value)
+        assert store.endpoint in message and "s3://down/lake/" in message and "No snapshot was committed" in message
+        assert store.secret_key not in message
+        store.start()
+        con = lake.open_lake(layout, **where)
+        assert lake.publish_snapshots(con)[-1] == first["published"]["snapshot_id"]  # nothing half-committed
+        con.close()
+        again = publish_all(layout, manifest, **where)
+        assert again["published"]["written"] == ["staging.uk_crowdsourced_pv_2020"]
+        assert again["tables"]["staging.uk_crowdsourced_pv_2020"] == len(staging) - 1
+    finally:
+        store.stop()
+
+
+@pytest.mark.workflow
+def test_sample_run_lake_rule_publishes_into_postgres_and_s3(sample_run, postgres_database, s3_lake, seaweedfs,
+                                                              tmp_path):
+    """The workflow's lake rule on the sample run's outputs, configured for a PostgreSQL
+    catalog and S3 data files (credentials from the environment only)."""
+    from conftest import snakemake
+
+    data_dir = tmp_path / "cloud data"
+    shutil.copytree(sample_run, data_dir, ignore=shutil.ignore_patterns("lake", "publish.json"))
+    shutil.rmtree(data_dir / "notebooks" / "lake", ignore_errors=True)
+    config = tmp_path / "cloud.yaml"
+    config.write_text(json.dumps({"lake": {"catalog": f"postgres:{postgres_database}", **s3_lake}}))
+    layout = Layout(data_dir)
+    run = snakemake("-j1", "--configfile", str(config), "--config", f"data_dir={data_dir}", "--",
+                    str(layout.lake_summary()))
+    assert run.returncode == 0, run.stderr[-4000:]
+    summary = json.loads(layout.lake_summary().read_text())
+    assert summary["tables"] == json.loads(Layout(sample_run).lake_summary().read_text())["tables"]
+    assert summary["catalog"].startswith("postgres:") and summary["data_path"] == s3_lake["data_path"]
+    assert not layout.lake_catalog().exists() and s3_objects(s3_lake)
+    written = [layout.executed_notebook("lake", "lake"), layout.log("lake", "lake"), layout.lake_summary()]
+    for path in written:
+        text = path.read_text()
+        for secret in (seaweedfs.secret_key, os.environ["PGPASSWORD"]):
+            assert secret not in text, path
 
 
 # --- the workflow ----------------------------------------------------------------------

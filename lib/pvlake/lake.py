@@ -94,6 +94,12 @@ S3_SECRET_ENV = {
 }
 """S3 secret fields read from environment variables (never from configuration)."""
 
+S3_RETRIES = {"http_retries": 8, "http_retry_wait_ms": 250, "http_retry_backoff": 2}
+"""DuckDB ``httpfs`` retry settings for an S3 data path: a request that fails is tried
+again after 0.25, 0.5, 1, ... 32 s (~1 minute in all), so an object store that restarts
+during a publish is waited for (DuckDB's default gives up after ~2 s). ``lake.s3.http_retries``
+sets the number of retries."""
+
 WGS84_COMMENT = "EPSG:4326 (WGS84 lon/lat); DuckLake keeps no CRS on GEOMETRY columns"
 RAW_GEOMETRY_COMMENT = (
     "geometry as read, in the CRS named by source_crs on the same row; "
@@ -212,7 +218,8 @@ def s3_secret_sql(s3: Mapping | None = None, environ: Mapping[str, str] = os.env
     ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``); ``s3`` (the
     ``lake.s3`` configuration) adds what is not secret: ``endpoint`` (``host:port`` of an
     S3-compatible store), ``region``, ``url_style`` (``path`` for MinIO and most
-    self-hosted stores) and ``use_ssl``. The secret lives in memory for the connection only.
+    self-hosted stores) and ``use_ssl`` (its ``http_retries`` goes to :data:`S3_RETRIES`).
+    The secret lives in memory for the connection only.
     """
     s3 = dict(s3 or {})
     options = {"TYPE": "s3"}
@@ -261,6 +268,9 @@ def open_lake(
     con = connect(extensions=location.extensions())
     if location.local_data is None:
         con.execute(s3_secret_sql(s3))
+        retries = {**S3_RETRIES, **{k: v for k, v in (s3 or {}).items() if k in S3_RETRIES and v is not None}}
+        for name, value in retries.items():
+            con.execute(f"SET {name} = {int(value)}")
     if not read_only:
         if local is not None:
             local.parent.mkdir(parents=True, exist_ok=True)
@@ -302,6 +312,28 @@ def busy_error(catalog: str, exc: Exception) -> LakeBusyError | None:
         "write, and none read while it does. Close that connection (con.close(), or shut down "
         "the notebook's kernel) or let that run finish, then rerun. Several readers and writers "
         "at once need a PostgreSQL catalog (config lake.catalog)."
+    )
+
+
+class LakeStorageError(RuntimeError):
+    """The object store of an S3 data path failed during a publish (nothing was committed)."""
+
+
+def storage_error(location: LakeLocation, s3: Mapping | None, exc: Exception) -> LakeStorageError | None:
+    """An I/O failure on a remote data path as one message: which store, that the catalog
+    is unchanged, what to do. None for any other failure."""
+    if location.local_data is not None or not isinstance(exc, duckdb.IOException):
+        return None
+    text = str(exc)
+    if not any(mark in text for mark in ("HTTP", "s3://", "S3")):
+        return None
+    store = (s3 or {}).get("endpoint") or "AWS S3"
+    return LakeStorageError(
+        f"the lake's object store ({store}, data path {location.data_path}) failed during the publish "
+        f"and did not recover within the retries: {text.splitlines()[0]}. No snapshot was committed, so the "
+        "catalog still describes the previous publish; rerun (snakemake reruns the lake rule) once the store "
+        "answers. Files written before the failure are unreferenced and can be removed with "
+        "ducklake_delete_orphaned_files."
     )
 
 
@@ -672,18 +704,35 @@ def file_counts(con: duckdb.DuckDBPyConnection, alias: str = LAKE) -> dict[str, 
     return {"current": current, "stored": stored}
 
 
-def _compact_once(con: duckdb.DuckDBPyConnection, alias: str) -> dict:
+SHARED_CLEANUP_DELAY = "1 hour"
+"""How long the files a compaction replaced stay in a lake that other processes may be
+reading or writing (any catalog but a DuckDB file): a transaction that began before the
+compaction still reads them. A DuckDB-file catalog has one process at a time, so its
+replaced files go at once."""
+
+
+def _compact_once(con: duckdb.DuckDBPyConnection, alias: str, tables: list[str] | None, shared: bool) -> dict:
     before = file_counts(con, alias)
     con.execute("BEGIN")
     try:
-        merged = con.execute(f"SELECT * FROM ducklake_merge_adjacent_files('{alias}')").fetchall()
+        if tables is None:
+            merged = con.execute(f"SELECT * FROM ducklake_merge_adjacent_files('{alias}')").fetchall()
+        else:
+            merged = []
+            for name in tables:
+                layer, table = name.split(".", 1)
+                merged += con.execute(f"SELECT * FROM ducklake_merge_adjacent_files('{alias}', ?, schema => ?)",
+                                      [table, layer]).fetchall()
         if merged:
             con.execute(f"CALL {alias}.set_commit_message(?, ?)", [PUBLISH_AUTHOR, COMPACT_MESSAGE])
         con.execute("COMMIT")
     except BaseException:
         _rollback(con)
         raise
-    con.execute(f"CALL ducklake_cleanup_old_files('{alias}', cleanup_all => true)")
+    if shared:
+        con.execute(f"CALL ducklake_cleanup_old_files('{alias}', older_than => now() - INTERVAL '{SHARED_CLEANUP_DELAY}')")
+    else:
+        con.execute(f"CALL ducklake_cleanup_old_files('{alias}', cleanup_all => true)")
     return {
         "files_before": before,
         "files_after": file_counts(con, alias),
@@ -694,8 +743,16 @@ def _compact_once(con: duckdb.DuckDBPyConnection, alias: str) -> dict:
     }
 
 
-def compact(con: duckdb.DuckDBPyConnection, alias: str = LAKE, attempts: int = 5) -> dict:
+def compact(
+    con: duckdb.DuckDBPyConnection, alias: str = LAKE, attempts: int = 5, tables: list[str] | None = None,
+    shared: bool = False,
+) -> dict:
     """Merge adjacent small data files, then delete the files the merge replaced.
+
+    ``tables`` (``<layer>.<table>``) limits the merge to those tables: a writer publishing
+    its own tables beside others then never rewrites, nor deletes, files another writer is
+    reading. ``shared`` (a catalog other processes use) keeps the replaced files for
+    :data:`SHARED_CLEANUP_DELAY`.
 
     Snapshots are never expired, so every earlier publish stays readable with
     ``AT (VERSION => n)``: a merged file keeps each row's snapshot range, and the files
@@ -709,7 +766,7 @@ def compact(con: duckdb.DuckDBPyConnection, alias: str = LAKE, attempts: int = 5
         ``files_before`` and ``files_after`` (:func:`file_counts`), ``merged`` (per
         table: files processed and created).
     """
-    return _retry_conflicts(partial(_compact_once, con, alias), attempts)
+    return _retry_conflicts(partial(_compact_once, con, alias, tables, shared), attempts)
 
 
 def table_rows(con: duckdb.DuckDBPyConnection, alias: str = LAKE, version: int | None = None) -> dict[str, int]:
@@ -821,6 +878,11 @@ def publish_pipeline(
     dict
         The content of ``publish.json``: :func:`summary` plus ``published`` (the
         :func:`publish` result) and ``compaction`` (the :func:`compact` result).
+
+    Raises
+    ------
+    LakeStorageError
+        When an S3 data path's object store fails beyond the retries (:data:`S3_RETRIES`).
     """
     location = LakeLocation.resolve(layout, catalog, data_path)
     result = _unchanged_result(layout, tables, location, prune, catalog=catalog, data_path=data_path, s3=s3)
@@ -828,8 +890,11 @@ def publish_pipeline(
         con = open_lake(layout, read_only=False, catalog=catalog, data_path=data_path, s3=s3)
         try:
             published = publish(con, tables, prune=prune, progress=progress)
-            compaction = compact(con)
+            # only what this publish wrote: unchanged tables were compacted when written
+            compaction = compact(con, tables=published["written"], shared=location.local_catalog is None)
             result = {**summary(con, location), "published": published, "compaction": compaction}
+        except duckdb.Error as exc:
+            raise storage_error(location, s3, exc) or exc
         finally:
             con.close()
     write_json(result, layout.lake_summary())
