@@ -494,10 +494,6 @@ class SeaweedS3:
         return {"endpoint": self.endpoint, "region": "us-east-1", "url_style": "path", "use_ssl": False, **settings}
 
     def start(self, timeout_s: float = 60) -> None:
-        import time
-        import urllib.error
-        import urllib.request
-
         args = [self.weed, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
                 "-s3.port.lance=0", f"-s3.config={self.root / 's3.json'}"]
@@ -505,30 +501,12 @@ class SeaweedS3:
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10000}"]
         self.log = open(self.root / "weed.log", "a")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://{self.endpoint}/", timeout=1)
-                return
-            except urllib.error.HTTPError:  # S3 refuses an anonymous listing: it is up
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"SeaweedFS did not answer S3 within {timeout_s:.0f} s: "
-                    f"{(self.root / 'weed.log').read_text()[-3000:]}")
+        wait_for_http(f"http://{self.endpoint}/healthz", self.proc, "SeaweedFS S3", self.root / "weed.log", timeout_s)
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 30)
         self.proc = None
         self.log.close()
 
@@ -686,12 +664,7 @@ def slurm_cluster(tmp_path_factory):
         if running:
             subprocess.run(["scancel", *running], capture_output=True)
         for daemon in reversed(daemons):
-            daemon.terminate()
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_process(daemon, 20)
         for log in logs.values():
             log.close()
         if SLURM_CONF.exists() and SLURM_CONF_MARK in SLURM_CONF.read_text():
