@@ -222,6 +222,23 @@ def t_row(table, pv_id):
     return (row["tilt_deg"], row["azimuth_deg"], row["orientation_source"], row["array_type"])
 
 
+def test_settings_from_config_merge_nested_keys_and_refuse_leap_years():
+    settings = en.EnergySettings.from_config({
+        "weather": "pvgis", "pvgis": {"url": "http://mirror/api/"}, "capacity": {"default_kw": 3.0},
+        "model": {"sapm": {"ground": "open_rack_glass_glass"}, "losses": {"soiling": 5}, "method": "exact"},
+        "validation": {"modelchain_systems": 10},  # the chapter's, not the stage's
+    })
+    assert settings.pvgis["url"] == "http://mirror/api/" and settings.pvgis["usehorizon"] is True
+    assert settings.capacity["default_kw"] == 3.0 and settings.capacity["module_w_per_m2"] == 200.0
+    assert settings.model.sapm == {"ground": "open_rack_glass_glass", "rooftop": "close_mount_glass_glass"}
+    assert settings.model.losses_percent == pytest.approx(pvlib.pvsystem.pvwatts_losses(soiling=5))
+    assert settings.model.method == "exact"
+    with pytest.raises(ValueError, match="leap year"):
+        en.EnergySettings.from_config({"year": 2024})
+    with pytest.raises(ValueError, match="must divide 90"):
+        en.ModelSettings(grid_tilt_step_deg=7.0)
+
+
 def test_weather_cells_offline_and_online_coverage():
     # Greensboro airport is ~1.5 km from the TMY3 station; Cambridge UK is far from all three
     cells = en.assign_weather_cells(np.array([36.09, 52.2, np.nan]), np.array([-79.94, 0.12, np.nan]), SETTINGS)

@@ -38,7 +38,6 @@ per coarse H3 cell, :data:`PROFILE_COLUMNS`), plus a JSON report.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -246,7 +245,9 @@ class EnergySettings:
                 continue
             value = config[f.name]
             if f.name == "model":
-                value = replace(ModelSettings(), **dict(value))
+                model = ModelSettings()
+                value = replace(model, **{k: _merged(getattr(model, k), v) if isinstance(getattr(model, k), Mapping) else v
+                                          for k, v in dict(value).items()})
             elif isinstance(getattr(base, f.name), Mapping):
                 value = _merged(getattr(base, f.name), value)
             values[f.name] = value
@@ -1050,10 +1051,15 @@ def _chunk_sky(cells: list[CellWeather], settings: EnergySettings) -> list[SkyHo
             for j in range(len(cells))]
 
 
+@lru_cache(maxsize=4)
+def _month_first_hours(year: int) -> np.ndarray:
+    """Hour of the year (0-8759) at which each month of ``year`` starts."""
+    return np.cumsum([0] + [pd.Period(f"{year}-{m:02d}").days_in_month * 24 for m in range(1, MONTHS)])
+
+
 def _month_bounds(hours: np.ndarray, year: int) -> np.ndarray:
     """Positions in ``hours`` (hour-of-year indexes, sorted) where each month starts."""
-    first_hour = np.cumsum([0] + [pd.Period(f"{year}-{m:02d}").days_in_month * 24 for m in range(1, MONTHS)])
-    return np.searchsorted(hours, first_hour)
+    return np.searchsorted(hours, _month_first_hours(year))
 
 
 def _cell_yields(sky: SkyHours, systems: CellSystems, settings: EnergySettings) -> CellResult:
@@ -1360,7 +1366,7 @@ def energy_table(installations: pd.DataFrame, settings: EnergySettings, cache_di
 def profile_table(profile_hours: dict, systems: pd.DataFrame, year: int) -> pa.Table:
     """Long table of the hourly profiles (:data:`PROFILE_COLUMNS`): one row per profile
     cell and hour, built as Arrow columns (a global run has millions of rows)."""
-    counted = systems[np.isfinite(systems["capacity_kw"]) & systems["weather_cell"].notna()]
+    counted = systems[np.isfinite(systems["capacity_kw"]) & systems["weather_source"].notna()]
     stats = counted.groupby("profile_cell")["capacity_kw"].agg(["size", "sum"])
     cells = [c for c in sorted(profile_hours) if c in stats.index]
     hours = wx.HOURS_PER_YEAR

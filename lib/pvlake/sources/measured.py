@@ -38,7 +38,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pvanalytics
 from pvanalytics.features import clipping, daytime
