@@ -162,6 +162,20 @@ def test_grid_nodes_and_weights():
     assert set(nodes.array_type[cols[rows == 2]]) == {"rooftop"}
 
 
+def test_shared_grid_nodes_compute_lonely_surfaces_as_they_are():
+    """Defaults sharing nodes go through the grid; a surface whose nodes nobody else uses
+    is computed as it is (one node, weight 1)."""
+    lat = 52.0 + np.linspace(0, 0.5, 20)
+    surfaces = en.Surfaces(np.append(en.default_tilt_deg(lat, SETTINGS.orientation), 33.3),
+                           np.append(en.default_azimuth_deg(lat), 123.4), np.full(21, "ground", dtype=object))
+    rows, cols, weights, nodes = en.shared_grid_nodes(surfaces, SETTINGS.model)
+    np.testing.assert_allclose(np.bincount(rows, weights, minlength=21), 1.0)
+    lonely = rows == 20
+    assert lonely.sum() == 1 and weights[lonely][0] == 1.0
+    assert (nodes.tilt_deg[cols[lonely]][0], nodes.azimuth_deg[cols[lonely]][0]) == (33.3, 123.4)
+    assert len(nodes) <= 4 + 1  # the defaults share a few grid nodes
+
+
 # ------------------------------------------------------------------ system parameters
 
 

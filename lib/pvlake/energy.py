@@ -927,6 +927,31 @@ def grid_nodes(surfaces: Surfaces, model: ModelSettings) -> tuple[np.ndarray, np
     return rows, cols, weights, nodes
 
 
+def shared_grid_nodes(surfaces: Surfaces, model: ModelSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, Surfaces]:
+    """:func:`grid_nodes` where they are shared, the surface itself where not.
+
+    The grid pays where installations share nodes (default orientations: two to four per
+    cell); a surface none of whose nodes another surface uses is cheaper, and exact,
+    computed as it is (one surface instead of up to four nodes).
+
+    Returns
+    -------
+    rows, cols, weights, nodes
+        As :func:`grid_nodes`; the surfaces computed as they are come last in ``nodes``.
+    """
+    rows, cols, weights, grid = grid_nodes(surfaces, model)
+    shared = np.bincount(cols, minlength=len(grid))[cols] > 1
+    on_grid = np.bincount(rows, weights=shared, minlength=len(surfaces)) > 0
+    keep = on_grid[rows]
+    used, cols = np.unique(cols[keep], return_inverse=True)
+    alone = np.flatnonzero(~on_grid)
+    nodes = Surfaces(np.concatenate([grid.tilt_deg[used], surfaces.tilt_deg[alone]]),
+                     np.concatenate([grid.azimuth_deg[used], surfaces.azimuth_deg[alone]]),
+                     np.concatenate([grid.array_type[used], surfaces.array_type[alone]]))
+    return (np.concatenate([rows[keep], alone]), np.concatenate([cols, len(used) + np.arange(len(alone))]),
+            np.concatenate([weights[keep], np.ones(len(alone))]), nodes)
+
+
 # ================================================================== the stage's computation
 
 
@@ -1070,11 +1095,7 @@ def _cell_yields(sky: SkyHours, systems: CellSystems, settings: EnergySettings) 
     n = len(surfaces)
     rows, cols, weights, nodes = np.arange(n), np.arange(n), np.ones(n), surfaces
     if model.method == "grid":
-        grid = grid_nodes(surfaces, model)
-        # the grid pays where installations share nodes; a cell of a few own orientations
-        # is cheaper (and exact) surface by surface
-        if len(grid[3]) < n:
-            rows, cols, weights, nodes = grid
+        rows, cols, weights, nodes = shared_grid_nodes(surfaces, model)
     starts = np.append(_month_bounds(sky.hours, settings.year), len(sky.hours))
     capacity = np.nan_to_num(systems.capacity_kw)
     groups, group_of = np.unique(systems.profile_cell.astype(str), return_inverse=True)
