@@ -105,6 +105,12 @@ def test_sky_terms_rebuild_pvlib_sky_diffuse(transposition):
         np.testing.assert_allclose(ours, ref, atol=1e-9, equal_nan=True)
 
 
+def test_clear_sky_is_an_upper_bound_at_the_stations():
+    gap = en.station_clearsky_gap(SETTINGS).set_index("station")
+    assert (gap["real_below_clearsky_pct"] > 15).all()
+    assert gap.loc["TMY3 723170 (Greensboro, NC)", "real_kwh_per_kwp"] == pytest.approx(1390, abs=15)
+
+
 # ------------------------------------------------------------------ the array model against ModelChain
 
 

@@ -1502,6 +1502,24 @@ def split_ghi(ghi: pd.Series, latitude: float, longitude: float, altitude_m: flo
                         index=times)
 
 
+def station_clearsky_gap(settings: EnergySettings) -> pd.DataFrame:
+    """What clear-sky weather overstates: at each of pvlib's station files, the specific
+    yield of a default-oriented ground array from the real typical year and from clear-sky
+    weather at the same place and clock."""
+    rows = []
+    for station in wx.PVLIB_STATIONS:
+        real = wx.read_station(station, settings.year)
+        clear = clearsky_weather(real.latitude, real.longitude, real.altitude_m, settings.year, settings.clearsky)
+        lat = np.array([real.latitude])
+        surface = Surfaces(default_tilt_deg(lat, settings.orientation), default_azimuth_deg(lat),
+                           np.array(["ground"], dtype=object))
+        yields = [float(ac_power(w.data, real.latitude, real.longitude, real.altitude_m, surface, settings.model)[0].sum())
+                  for w in (real, clear)]
+        rows.append({"station": real.source, "real_kwh_per_kwp": yields[0], "clearsky_kwh_per_kwp": yields[1],
+                     "real_below_clearsky_pct": 100 * (1 - yields[0] / yields[1])})
+    return pd.DataFrame(rows)
+
+
 # ================================================================== validation on measured power
 
 
