@@ -114,6 +114,13 @@ def test_clear_sky_is_an_upper_bound_at_the_stations():
 # ------------------------------------------------------------------ the array model against ModelChain
 
 
+def test_physical_iam_table_equals_pvlib():
+    cos_aoi = np.concatenate([np.random.default_rng(1).uniform(-0.3, 1.0, 200_000), [0.0, 1e-9, 0.5, 1.0]])
+    with np.errstate(invalid="ignore"):
+        ref = np.nan_to_num(pvlib.iam.physical(np.degrees(np.arccos(np.clip(cos_aoi, -1, 1)))))
+    np.testing.assert_allclose(en.physical_iam(cos_aoi), np.where(cos_aoi > 0, ref, 0.0), atol=1e-10)
+
+
 MODELS = {
     "perez-sapm-physical": en.ModelSettings(),
     "haydavies-faiman-no_loss": en.ModelSettings(transposition="haydavies", temperature="faiman", aoi_model="no_loss"),
