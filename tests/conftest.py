@@ -562,7 +562,9 @@ def slurm_unavailable() -> str | None:
 
 def slurm_conf(root: Path, ctld_port: int, slurmd_port: int, munge_socket: Path) -> str:
     """A single-node cluster that runs unprivileged-container-safe: no cgroups, no
-    accounting, every daemon on 127.0.0.1, 2 CPUs and memory requests honoured."""
+    accounting, every daemon on 127.0.0.1, memory requests honoured. The node offers 8
+    CPUs whatever the machine has (config_overrides), as `snakemake -j8` runs 8 jobs at
+    once: a 2-core CI machine runs a stage's jobs side by side instead of in waves."""
     return f"""{SLURM_CONF_MARK}
 ClusterName=pvlake-test
 SlurmctldHost=localhost(127.0.0.1)
@@ -590,7 +592,8 @@ CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 MinJobAge=600
 ReturnToService=2
 MpiDefault=none
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=2 RealMemory=16000 State=UNKNOWN
+SlurmdParameters=config_overrides
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=8 RealMemory=16000 State=UNKNOWN
 PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 

@@ -31,6 +31,10 @@ rule book:
         data_dir=config["data_dir"],
         book_dir=lambda wc, output: str(Path(output.html).parent.parent),
         config=json.dumps(config, sort_keys=True),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     shell:
         "{params.python:q} -m pvlake.book --data-dir {params.data_dir:q} --manifest {input.manifest:q}"
         " --book-dir {params.book_dir:q} --template book --node-modules book/node_modules --docs docs"

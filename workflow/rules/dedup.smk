@@ -9,12 +9,9 @@ DEDUP_PARTITIONS = config["dedup"]["partitions"]
 DEDUP_RULES = {k: v for k, v in config["dedup"].items() if k not in ("ground_truth", "partitions", "partition_resolution")}
 DEDUP_STAGING = [str(LAYOUT.staging_parquet(d)) for d in DATASETS]
 
-
-def dedup_mem_mb(wildcards, input, per_input_mb):
-    """Memory a dedup job asks the scheduler for: a base plus a multiple of its input's
-    size on disk (benchmarks: ~19x the staging GeoParquet in one process, ~30x a
-    partition file; workflow/scripts/bench_scaling.py)."""
-    return int(1000 + per_input_mb * input.size_mb)
+# Memory a dedup job asks the scheduler for: a base plus a multiple of its input's size on
+# disk (workflow/scripts/bench_scaling.py: ~19x the staging GeoParquet in one process,
+# ~30x a partition file).
 
 
 if DEDUP_PARTITIONS > 1:
@@ -35,13 +32,14 @@ if DEDUP_PARTITIONS > 1:
             data_dir=config["data_dir"],
             rules=json.dumps(DEDUP_RULES, sort_keys=True),
             resolution=config["dedup"]["partition_resolution"],
+            partitions=DEDUP_PARTITIONS,
         threads: 1
         resources:
             mem_mb=3000,
             runtime=lambda wc, input: int(20 + input.size_mb / 10),
         shell:
             "{params.python:q} -m pvlake.partition split --staging {input.staging:q} --data-dir {params.data_dir:q}"
-            " --dedup {params.rules:q} --partitions " + str(DEDUP_PARTITIONS) + " --resolution {params.resolution}"
+            " --dedup {params.rules:q} --partitions {params.partitions} --resolution {params.resolution}"
             " > {log:q} 2>&1"
 
     rule dedup_partition:
@@ -58,13 +56,14 @@ if DEDUP_PARTITIONS > 1:
             python=PYTHON,
             data_dir=config["data_dir"],
             rules=json.dumps(DEDUP_RULES, sort_keys=True),
+            partitions=DEDUP_PARTITIONS,
         threads: 1
         resources:
-            mem_mb=lambda wc, input: dedup_mem_mb(wc, input, 30),
+            mem_mb=lambda wc, input: int(1000 + 30 * input.size_mb),
             runtime=lambda wc, input: int(10 + input.size_mb / 5),
         shell:
             "{params.python:q} -m pvlake.partition pairs --data-dir {params.data_dir:q} --dedup {params.rules:q}"
-            " --part {wildcards.part} --partitions " + str(DEDUP_PARTITIONS) + " > {log:q} 2>&1"
+            " --part {wildcards.part} --partitions {params.partitions} > {log:q} 2>&1"
 
 
 rule dedup:
@@ -93,7 +92,7 @@ rule dedup:
     threads: 1
     resources:
         # one process holds every record; the merge of partitions only their columns
-        mem_mb=lambda wc, input: dedup_mem_mb(wc, input, 19 if DEDUP_PARTITIONS == 1 else 8),
+        mem_mb=lambda wc, input: int(1000 + (19 if DEDUP_PARTITIONS == 1 else 8) * input.size_mb),
         runtime=lambda wc, input: int(20 + input.size_mb / 5),
     shell:
         "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"

@@ -28,6 +28,11 @@ rule download:
             repositories=config["repositories"],
             download=config["download"],
         ),
+    threads: 1
+    resources:
+        # network-bound: a few files in flight (download.workers threads) and a long allowance
+        mem_mb=1000,
+        runtime=240,
     shell:
         "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
         " --params {params.nb:q} --log {log.text:q}"

@@ -35,6 +35,10 @@ rule energy:
     params:
         python=PYTHON,
         nb=notebook_params(data_dir=config["data_dir"], settings=ENERGY),
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=120,
     shell:
         "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
         " --params {params.nb:q} --log {log.text:q}"

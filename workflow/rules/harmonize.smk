@@ -25,6 +25,11 @@ rule harmonize:
             data_dir=config["data_dir"],
             h3_resolution=config["h3_resolution"],
         ),
+    threads: 1
+    resources:
+        # the dataset's features in memory: several times its label files on disk (bench_harmonize.py)
+        mem_mb=lambda wc, input: int(1500 + 8 * input.size_mb),
+        runtime=lambda wc, input: int(15 + input.size_mb / 20),
     shell:
         "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
         " --params {params.nb:q} --log {log.text:q}"

@@ -37,6 +37,11 @@ rule lake:
             s3=LAKE_CONFIG.get("s3") or {},
             tables=LAKE_TABLES,
         ),
+    threads: 1
+    resources:
+        # 1,350,000 rows published with a peak of ~0.7 GB (bench_lake.py)
+        mem_mb=3000,
+        runtime=60,
     shell:
         "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
         " --params {params.nb:q} --log {log.text:q}"

@@ -49,6 +49,11 @@ rule stac:
             stac_manifest=STAC["manifest"],
             settings={k: v for k, v in STAC.items() if k != "manifest"},
         ),
+    threads: 1
+    resources:
+        # requests run in threads (stac.workers); 100,000 installations: ~1 GB (bench_stac.py)
+        mem_mb=3000,
+        runtime=120,
     shell:
         "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
         " --params {params.nb:q} --log {log.text:q}"
