@@ -17,7 +17,7 @@ import shapely
 
 from pvlake import dedup as dd
 from pvlake import partition as pt
-from pvlake.harmonize import harmonize_dataset, write_staging
+from pvlake.harmonize import empty_staging, harmonize_dataset, write_staging
 from pvlake.io import write_geoparquet
 from pvlake.layout import Layout
 from pvlake.manifest import active_datasets, load_manifest
@@ -142,6 +142,14 @@ def test_benchmark_set_of_450k_records_gives_the_same_installations(tmp_path):
     single = pt.run_dedup(paths, tmp_path / "single.parquet", tmp_path / "single.json", priority)
     assert_same_installations(tmp_path / "single.parquet", single, tmp_path / "merged.parquet", merged)
     assert single["installations"] == 380_188
+
+
+def test_no_records_at_all_gives_the_same_empty_layer(tmp_path):
+    path = tmp_path / "staging" / "empty.parquet"
+    write_geoparquet(empty_staging(), path)
+    single, s_report, merged, m_report, split = both_ways([path], tmp_path, pt.PartitionParams(3, 5))
+    assert split["records"] == 0 and s_report["installations"] == 0
+    assert_same_installations(single, s_report, merged, m_report)
 
 
 def test_pack_cells_balances_and_is_deterministic():

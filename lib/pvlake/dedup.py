@@ -495,8 +495,8 @@ def merge_columns(records: pd.DataFrame, n_vertices: np.ndarray, labels: np.ndar
     # by cluster, then preference: cluster k's rows are run k, its representative first
     order = np.lexsort((rank, labels))
     runs = labels[order]
-    starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
-    sizes = np.diff(np.r_[starts, len(order)])
+    starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]]) if len(runs) else np.empty(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(order)]).astype(np.int64)
     by_id = np.argsort(id_rank[order[starts]], kind="stable")  # output position -> cluster
     representative = order[starts][by_id]
     filled = records[list(FILLED)].iloc[representative].reset_index(drop=True)

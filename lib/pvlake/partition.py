@@ -416,9 +416,13 @@ def merge(
     report["partitions"] = {**{k: split_report[k] for k in ("partition", "coarse_cells", "records_per_partition",
                                                             "records_in_several_partitions")},
                             "jobs": infos}
-    del records
-    write_prepared_arrow(staging_files(staging_paths), result, cut, parquet_path, progress=progress)
-    write_json(report, report_path)
+    if len(records):
+        del records
+        write_prepared_arrow(staging_files(staging_paths), result, cut, parquet_path, progress=progress)
+        write_json(report, report_path)
+    else:  # no record at all: the one-process path's empty table
+        dd.write_prepared(dd.merge_clusters(dd.load_staging(staging_paths), labels, priority or {}), report,
+                          parquet_path, report_path)
     return report, labels
 
 
