@@ -675,3 +675,36 @@ def slurm_cluster(tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
 # --- end scale-out ---
+
+
+# --- cubes stage: COGs served with HTTP Range support ----------------------------------
+
+
+@pytest.fixture
+def cog_server():
+    """Serve folders over HTTP on 127.0.0.1 with Range requests answered (206), as real COG
+    hosting does (``python -m http.server`` ignores Range). Call it with a folder; it returns
+    the base URL. Missing files answer 404. Stopped after the test."""
+    import functools
+    import http.server
+    import threading
+
+    from RangeHTTPServer import RangeRequestHandler
+
+    servers = []
+
+    class Quiet(RangeRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    def serve(folder: Path) -> str:
+        handler = functools.partial(Quiet, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -122,6 +122,38 @@ class Layout:
         """Answers of weather services, one file per service and H3 cell (kept across runs)."""
         return self.data_dir / "cache" / "weather"
 
+    def cubes_dir(self) -> Path:
+        """The cubes stage: the Icechunk repository of chips and masks, and its index."""
+        return self.data_dir / "cubes"
+
+    def cubes_index(self) -> Path:
+        """Every chip of the last run: footprint, installations, scenes, snapshot (GeoParquet)."""
+        return self.cubes_dir() / "chips.parquet"
+
+    def cubes_skipped(self) -> Path:
+        """Installations and chips left out of the cube and why (Parquet)."""
+        return self.cubes_dir() / "skipped.parquet"
+
+    def cubes_report(self) -> Path:
+        """JSON report of the cubes stage: chips loaded and reused, skipped, snapshot, timing."""
+        return self.cubes_dir() / "report.json"
+
+    def baseline_scores(self) -> Path:
+        """Per-chip split and scores of the baseline segmentation (Parquet)."""
+        return self.cubes_dir() / "baseline_scores.parquet"
+
+    def baseline_report(self) -> Path:
+        """JSON of the baseline segmentation: overall scores, confusion matrix, settings."""
+        return self.cubes_dir() / "baseline.json"
+
+    def sample_imagery_dir(self) -> Path:
+        """COGs rendered for the embedded sample's STAC catalogue (its folder structure)."""
+        return self.data_dir / "sample_imagery"
+
+    def sample_imagery_report(self) -> Path:
+        """JSON written when the sample's imagery is rendered: scenes, files, blocks."""
+        return self.sample_imagery_dir() / "imagery.json"
+
     def curated_dir(self) -> Path:
         """Enriched and aggregated products (the curated layer)."""
         return self.data_dir / "curated"
