@@ -492,8 +492,9 @@ class ChipGroup:
 
 
 def group_chips(chips: Sequence[Chip], items: Mapping[str, Mapping], chunk_px: int,
-                max_group_px: int = 4096) -> list[ChipGroup]:
-    """Chips grouped for loading: same zone, in one square of ``max_group_px``. The
+                max_group_px: int = 16384) -> list[ChipGroup]:
+    """Chips grouped for loading: same zone, in one square of ``max_group_px`` (164 km at
+    10 m: larger than a Sentinel-2 tile, so neighbouring chips share their read chunks). The
     group's box is snapped outwards to the ``chunk_px`` grid of its first scene in the
     chips' zone, so a read chunk covers whole COG blocks of that size (each block is
     decompressed once)."""
@@ -581,15 +582,34 @@ class ChipPixels:
     scl: np.ndarray | None
 
 
+def _block_ranges(offset: int, size: int, chunks: Sequence[int]) -> list[tuple[int, int, int]]:
+    """The chunks a [offset, offset + size) slice touches: (chunk index, start within the
+    chunk, start within the slice) of each."""
+    edges = np.r_[0, np.cumsum(chunks)]
+    first = int(np.searchsorted(edges, offset, side="right")) - 1
+    out = []
+    k = first
+    while k < len(chunks) and edges[k] < offset + size:
+        start = max(offset, int(edges[k]))
+        out.append((k, start - int(edges[k]), start - offset))
+        k += 1
+    return out
+
+
 def load_chips(groups: Sequence[ChipGroup], items: Mapping[str, Mapping], bands: Sequence[str], scl_band: str | None,
                settings: CubeSettings, progress: bool = False) -> Iterator[ChipPixels | tuple[Chip, str]]:
     """Load every chip of ``groups``, ``batch_chips`` at a time, with Dask.
 
+    Each batch computes the read chunks its chips touch (every band of a scene at once, in
+    parallel, each chunk once: with chunks on the COGs' block grid, each block is decoded
+    once) and cuts the chips out of them in numpy; chunks shared with the next batch are
+    kept. A failing batch is retried chip by chip.
+
     Yields
     ------
     ChipPixels, or (Chip, reason)
-        A chip whose batch failed is retried alone; if it still fails, ``(chip, message)``
-        is yielded instead (an unreadable or corrupt asset) and the others proceed.
+        ``(chip, message)`` for a chip whose scenes could not be read (missing, HTTP error,
+        corrupt); the other chips proceed.
     """
     import dask
 
@@ -597,51 +617,76 @@ def load_chips(groups: Sequence[ChipGroup], items: Mapping[str, Mapping], bands:
     all_bands = list(bands) + ([scl_band] if scl_band else [])
     needed = sorted({i for g in groups for i in g.item_ids})
     prepared = dict(zip(needed, pystac_items([items[i] for i in needed], href_map)))
-    lazies: dict[int, object] = {}
-
-    def lazy(k: int):
-        if k not in lazies:
-            g = groups[k]
-            lazies[k] = lazy_group(g, [prepared[i] for i in g.item_ids], all_bands, settings.loader, settings.chunk_px)
-        return lazies[k]
-
-    jobs = [(k, chip) for k, g in enumerate(groups) for chip in g.chips]
     client = None
     if settings.scheduler:
         from distributed import Client
 
         client = Client(settings.scheduler)
-    compute = dict(scheduler=client) if client else (dict(scheduler="threads", num_workers=settings.workers) if settings.workers > 1 else dict(scheduler="sync"))
+    if client:
+        compute = dict(scheduler=client)
+    elif settings.workers > 1:
+        compute = dict(scheduler="threads", num_workers=settings.workers)
+    else:
+        compute = dict(scheduler="sync")
     size = settings.chip_size_px
+    bar = tqdm(total=sum(len(g.chips) for g in groups), desc=f"load chips ({settings.loader})", unit="chip",
+               disable=not progress)
 
-    def sliced(k: int, chip: Chip):
-        row, col = groups[k].offset(chip)
-        position = {i: t for t, i in enumerate(groups[k].item_ids)}
-        times = [position[i] for i in chip.item_ids]
-        return lazy(k)[times, :, row:row + size, col:col + size].data
+    def blocks_of(group: ChipGroup, data, chip: Chip) -> list[tuple]:
+        row, col = group.offset(chip)
+        position = {i: t for t, i in enumerate(group.item_ids)}
+        return [(position[i], yb, xb) for i in chip.item_ids
+                for yb, _, _ in _block_ranges(row, size, data.chunks[2])
+                for xb, _, _ in _block_ranges(col, size, data.chunks[3])]
 
-    def pixels(chip: Chip, cube: np.ndarray) -> ChipPixels:
+    def cut(group: ChipGroup, data, chip: Chip, blocks: Mapping) -> ChipPixels:
+        row, col = group.offset(chip)
+        position = {i: t for t, i in enumerate(group.item_ids)}
+        cube = np.zeros((len(chip.item_ids), len(all_bands), size, size), np.uint16)
+        for k, i in enumerate(chip.item_ids):
+            for yb, y0, ys in _block_ranges(row, size, data.chunks[2]):
+                for xb, x0, xs in _block_ranges(col, size, data.chunks[3]):
+                    block = blocks[(position[i], yb, xb)]
+                    h = min(block.shape[-2] - y0, size - ys)
+                    w = min(block.shape[-1] - x0, size - xs)
+                    cube[k, :, ys:ys + h, xs:xs + w] = block[:, y0:y0 + h, x0:x0 + w]
         cube = mosaic_days(cube, [len(d) for d in chip.day_items])
         image = np.ascontiguousarray(cube[:, :len(bands)])
         scl = cube[:, len(bands)].astype(np.uint8) if scl_band else None
         return ChipPixels(chip, image, scl)
 
-    bar = tqdm(total=len(jobs), desc=f"load chips ({settings.loader})", unit="chip", disable=not progress)
+    def fetch(data, keys: Iterable[tuple]) -> dict:
+        keys = sorted(set(keys))
+        arrays = dask.compute(*[data.blocks[t, :, yb, xb] for t, yb, xb in keys], **compute)
+        return {k: a[0] for k, a in zip(keys, arrays)}
+
     try:
-        for start in range(0, len(jobs), settings.batch_chips):
-            batch = jobs[start:start + settings.batch_chips]
-            try:
-                cubes = dask.compute(*[sliced(k, c) for k, c in batch], **compute)
-                results = [pixels(c, cube) for (k, c), cube in zip(batch, cubes)]
-            except Exception:  # noqa: BLE001 - find the failing chips one by one
-                results = []
-                for k, c in batch:
-                    try:
-                        results.append(pixels(c, dask.compute(sliced(k, c), **compute)[0]))
-                    except Exception as exc:  # noqa: BLE001 - the reason goes to the report
-                        results.append((c, f"{type(exc).__name__}: {exc}"[:500]))
-            yield from results
-            bar.update(len(batch))
+        for group in groups:
+            data = lazy_group(group, [prepared[i] for i in group.item_ids], all_bands, settings.loader,
+                              settings.chunk_px).data
+            # chips in reading order, so consecutive batches share chunks
+            chips = sorted(group.chips, key=lambda c: (-c.north_m, c.west_m))
+            cache: dict = {}
+            for start in range(0, len(chips), settings.batch_chips):
+                batch = chips[start:start + settings.batch_chips]
+                wanted = {c.chip_id: blocks_of(group, data, c) for c in batch}
+                keys = {k for ks in wanted.values() for k in ks}
+                cache = {k: v for k, v in cache.items() if k in keys}
+                try:
+                    cache.update(fetch(data, keys - set(cache)))
+                    results = [cut(group, data, c, cache) for c in batch]
+                except Exception:  # noqa: BLE001 - find the failing chips one by one
+                    results = []
+                    for c in batch:
+                        try:
+                            mine = {k: cache[k] for k in wanted[c.chip_id] if k in cache}
+                            mine.update(fetch(data, set(wanted[c.chip_id]) - set(mine)))
+                            cache.update(mine)
+                            results.append(cut(group, data, c, mine))
+                        except Exception as exc:  # noqa: BLE001 - the reason goes to the report
+                            results.append((c, f"{type(exc).__name__}: {exc}"[:500]))
+                yield from results
+                bar.update(len(batch))
     finally:
         bar.close()
         if client is not None:
@@ -1141,6 +1186,8 @@ class BaselineSettings:
         true class shares).
     max_iter, max_leaf_nodes : int
         Of the gradient-boosted trees.
+    threads : int
+        OpenMP threads of scikit-learn (on a busy machine, more threads spin and are slower).
     seed : int
     """
 
@@ -1148,8 +1195,9 @@ class BaselineSettings:
     test_fraction: float = 0.3
     dates: str = "clearest"
     train_pixels: int = 200_000
-    max_iter: int = 60
-    max_leaf_nodes: int = 31
+    max_iter: int = 40
+    max_leaf_nodes: int = 15
+    threads: int = 1
     seed: int = 0
 
     @classmethod
@@ -1267,26 +1315,32 @@ def run_baseline(layout: Layout, settings: BaselineSettings, progress: bool = Tr
         Per-chip split and scores go to ``cubes/baseline_scores.parquet``.
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     started = time.perf_counter()
     index = gpd.read_parquet(layout.cubes_index())
     split = split_groups(index, settings.h3_resolution, settings.test_fraction, settings.seed)
-    ds = open_cube(layout.cubes_dir())
-    ids = [str(c) for c in ds["chip_id"].values]
+    import zarr
+
+    # plain Zarr reads of whole chunks: one chip-date at a time, no Dask graph per chip
+    root = zarr.open_group(open_repository(layout.cubes_dir(), create=False).readonly_session(branch="main").store,
+                           mode="r", zarr_format=3)
+    ids = [str(c) for c in root["chip_id"][:]]
     position = {c: i for i, c in enumerate(ids)}
-    bands = [str(b) for b in ds["band"].values]
+    bands = [str(b) for b in root["band"][:]]
     rng = np.random.default_rng(settings.seed)
-    vf, days = ds["valid_fraction"].values, ds["solar_day"].values
+    vf, days = root["valid_fraction"][:], root["solar_day"][:]
 
     def chip_pixels(chip: str):
         i = position[chip]
         t = _chip_dates(vf[i], days[i], settings.dates)
-        one = ds.isel(chip=i, time=t)
-        image = one["image"].values  # (time, band, y, x)
-        usable = (one["valid"].values.astype(bool)) & (one["label"].values[None] != LABEL_UNCERTAIN)
+        image = np.stack([root["image"][i, k] for k in t])  # (time, band, y, x)
+        label = root["label"][i]
+        valid = np.stack([root["valid"][i, k] for k in t]).astype(bool)
+        usable = valid & (label[None] != LABEL_UNCERTAIN)
         feats, names = pixel_features(np.moveaxis(image, 1, 0), bands)  # (feature, time, y, x)
-        label = np.broadcast_to(one["label"].values[None] == LABEL_PV, usable.shape)
-        return feats[:, usable].T, label[usable], names
+        pv = np.broadcast_to(label[None] == LABEL_PV, usable.shape)
+        return feats[:, usable].T, pv[usable], names
 
     train_ids = split.loc[split["split"] == "train", "chip_id"]
     xs, ys = [], []
@@ -1305,6 +1359,7 @@ def run_baseline(layout: Layout, settings: BaselineSettings, progress: bool = Tr
     pick = np.r_[rng.choice(pv, n_pv, replace=False), rng.choice(bg, n_bg, replace=False)]
     # weights give each class its true share again, so 0.5 stays the right threshold
     weight = np.where(y_all[pick], len(pv) / n_pv, len(bg) / n_bg)
+    limits = threadpool_limits(settings.threads)
     model = HistGradientBoostingClassifier(max_iter=settings.max_iter, max_leaf_nodes=settings.max_leaf_nodes,
                                            random_state=settings.seed, early_stopping=False)
     model.fit(x_all[pick], y_all[pick], sample_weight=weight)
@@ -1320,6 +1375,7 @@ def run_baseline(layout: Layout, settings: BaselineSettings, progress: bool = Tr
             fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
             row.update({"pixels": len(y), "tp": tp, "fp": fp, "fn": fn, "tn": tn, **scores(tp, fp, fn)})
         rows.append(row)
+    limits.unregister()
     table = pd.DataFrame(rows, columns=["chip_id", "group", "split", "pixels", "tp", "fp", "fn", "tn",
                                         "iou", "precision", "recall", "f1"])
     for col in ("pixels", "tp", "fp", "fn", "tn"):
