@@ -6,7 +6,7 @@
 # the stage outputs, which are rewritten together with their notebooks.
 BOOK_STAGE_OUTPUTS = list(TARGETS)
 BOOK_SOURCES = sorted(str(p) for ext in ("yml", "md", "svg") for p in Path("book").glob(f"*.{ext}") if p.name != "README.md")
-BOOK_SOURCES += sorted(str(p) for p in Path("book/_static").glob("*"))
+BOOK_SOURCES += sorted(str(p) for p in Path("book/_css").glob("*"))
 # The user guide: a manual page added or edited rebuilds the book.
 BOOK_SOURCES += sorted(str(p) for p in Path("docs").rglob("*") if p.is_file())
 BOOK_HTML = str(Path(config["book_dir"]) / "html" / "index.html")
