@@ -22,7 +22,8 @@ prepared installations, it
 5. writes them to Zarr v3 arrays in an **Icechunk** repository, one commit per run, only
    chips whose scenes or installations changed being loaded again (:class:`ChipStore`),
    and the chip index as GeoParquet (:func:`run_stage`);
-6. trains and evaluates a pixel classifier with a spatial split (:mod:`pvlake.segmentation`).
+6. trains and evaluates a pixel classifier with a spatial split (:func:`run_baseline`) and
+   serves the chips as numpy arrays to any training loop (:func:`iter_chips`).
 
 References
 ----------
