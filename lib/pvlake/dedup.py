@@ -34,7 +34,7 @@ import pyarrow as pa
 import shapely
 from h3ronpy import grid_disk
 from h3ronpy.vector import ContainmentMode, coordinates_to_cells, wkb_to_cells
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from . import geo
@@ -447,14 +447,21 @@ def preference_order(
 def _list_column(values: np.ndarray, counts: np.ndarray) -> pd.arrays.ArrowExtensionArray:
     """Consecutive runs of ``values`` (lengths ``counts``) as an Arrow list column."""
     offsets = np.r_[0, np.cumsum(counts)].astype(np.int32)
-    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, pa.array(values, pa.string())))
+    values = pa.array(values, pa.string())
+    if isinstance(values, pa.ChunkedArray):  # pyarrow chunks a large numpy string array
+        values = values.combine_chunks()
+    return pd.arrays.ArrowExtensionArray(pa.ListArray.from_arrays(offsets, values))
 
 
-def dataset_counts(datasets: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Records per (cluster, dataset) as a dense matrix, with the sorted dataset names."""
+def dataset_counts(datasets: np.ndarray, labels: np.ndarray) -> tuple[csr_matrix, np.ndarray]:
+    """Records per (cluster, dataset) as a sparse matrix (clusters x datasets, CSR with
+    sorted column indices), with the sorted dataset names. Dense, it would take clusters x
+    datasets x 8 bytes: 1.2 GB for 3.8 million installations of 40 datasets."""
     codes, names = pd.factorize(datasets, sort=True)
-    counts = np.zeros((labels.max() + 1 if len(labels) else 0, len(names)), dtype=np.int64)
-    np.add.at(counts, (labels, codes), 1)
+    n_clusters = labels.max() + 1 if len(labels) else 0
+    counts = coo_matrix((np.ones(len(labels), np.int64), (labels, codes)), shape=(n_clusters, len(names))).tocsr()
+    counts.sum_duplicates()
+    counts.sort_indices()
     return counts, names
 
 
@@ -510,12 +517,12 @@ def merge_columns(records: pd.DataFrame, n_vertices: np.ndarray, labels: np.ndar
         for col in FILLED:
             filled.loc[position[firsts.index.to_numpy()], col] = firsts[col].to_numpy()
     counts, names = dataset_counts(datasets, labels)
-    cluster_idx, dataset_idx = np.nonzero(counts)
-    source_datasets = _list_column(names[dataset_idx], np.bincount(cluster_idx, minlength=len(sizes)))
+    n_datasets = np.diff(counts.indptr).astype("int64")
+    source_datasets = _list_column(names[counts.indices], n_datasets)
     merged = _list_column(ids[order], sizes)
     provenance = pd.DataFrame({
         "n_sources": sizes[by_id].astype("int64"),
-        "n_datasets": (counts > 0).sum(axis=1)[by_id].astype("int64"),
+        "n_datasets": n_datasets[by_id],
         "source_datasets": source_datasets.take(by_id),
         "merged_ids": merged.take(by_id),
     })
@@ -542,9 +549,9 @@ def overlap_matrix(gdf: gpd.GeoDataFrame, labels: np.ndarray) -> pd.DataFrame:
     """Rows A, columns B: how many of A's records share their installation with a record
     of B (the diagonal counts A's records merged with another record of A)."""
     counts, names = dataset_counts(gdf["dataset"].to_numpy(dtype=str), labels)
-    matrix = counts.T @ (counts > 0)
+    matrix = (counts.T @ (counts > 0).astype(np.int64)).toarray()
     # a record is "also in its own dataset" only when a second record of it is there
-    np.fill_diagonal(matrix, (counts * (counts > 1)).sum(axis=0))
+    np.fill_diagonal(matrix, np.asarray(counts.multiply(counts > 1).sum(axis=0)).ravel())
     return pd.DataFrame(matrix, index=pd.Index(names, name="dataset"), columns=names)
 
 
