@@ -163,9 +163,18 @@ def pack_cells(cells: np.ndarray, loads: np.ndarray, count: int) -> np.ndarray:
     return out
 
 
+RECORDS_SCHEMA = pa.schema([
+    ("pv_id", pa.string()), ("dataset", pa.string()), ("geom_type", pa.string()), ("capacity_mw", pa.float64()),
+    ("install_year", pa.int32()), ("source_file", pa.string()), ("source_row", pa.int64()),
+    ("n_vertices", pa.int64()), ("cut", pa.bool_()),
+])
+"""The split's per-record file: :data:`RECORD_COLUMNS`, vertex count, cut at ±180 for the search."""
+
+
 def _record_table(batch: pa.RecordBatch, n_vertices: np.ndarray, cut: np.ndarray) -> pa.Table:
     table = pa.Table.from_batches([batch]).select(RECORD_COLUMNS)
-    return table.append_column("n_vertices", pa.array(n_vertices, pa.int64())).append_column("cut", pa.array(cut))
+    table = table.append_column("n_vertices", pa.array(n_vertices, pa.int64())).append_column("cut", pa.array(cut))
+    return table.cast(RECORDS_SCHEMA)
 
 
 def split(
@@ -198,8 +207,7 @@ def split(
     offset = 0
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
     bar = tqdm(total=total, desc="split: coarse cells", unit="record", disable=not progress)
-    with atomic_path(files.records) as tmp:
-        writer = None
+    with atomic_path(files.records) as tmp, pq.ParquetWriter(tmp, RECORDS_SCHEMA, compression="zstd") as writer:
         for batch in staging_batches(paths, sorted(set(SEARCH_COLUMNS) | set(RECORD_COLUMNS)), batch_rows):
             gdf = search_frame(batch)
             geoms, was_cut = geo.split_antimeridian(gdf.geometry.to_numpy())
@@ -209,15 +217,9 @@ def split(
             owner, cell = coarse_cells(gdf, params, partition.h3_resolution)
             rows.append(owner + offset)
             cells.append(cell)
-            table = _record_table(batch, shapely.get_num_coordinates(geoms), was_cut)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            writer.write_table(table)
+            writer.write_table(_record_table(batch, shapely.get_num_coordinates(geoms), was_cut))
             offset += batch.num_rows
             bar.update(batch.num_rows)
-        if writer is None:
-            writer = pq.ParquetWriter(tmp, _empty_records_schema(), compression="zstd")
-        writer.close()
     bar.close()
     rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
     cells = np.concatenate(cells) if cells else np.empty(0, np.uint64)
@@ -241,13 +243,6 @@ def split(
     }
     write_json(report, files.split_report)
     return report
-
-
-def _empty_records_schema() -> pa.Schema:
-    string = pa.string()
-    return pa.schema([("pv_id", string), ("dataset", string), ("geom_type", string), ("capacity_mw", pa.float64()),
-                      ("install_year", pa.int32()), ("source_file", string), ("source_row", pa.int64()),
-                      ("n_vertices", pa.int64()), ("cut", pa.bool_())])
 
 
 def _write_partitions(
