@@ -61,11 +61,12 @@ def with_test_book_dir(args: tuple[str, ...]) -> list[str]:
     return args
 
 
-def snakemake(*args: str, python: str | Path = sys.executable, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def snakemake(*args: str, python: str | Path = sys.executable, cwd: Path = ROOT,
+              timeout_s: float = 1200) -> subprocess.CompletedProcess:
     """Run the project's Snakemake workflow from the repository root (the book of a run
     with a data_dir goes next to it: :func:`with_test_book_dir`)."""
     cmd = [str(python), "-m", "snakemake", "-s", str(cwd / "Snakefile"), *with_test_book_dir(args)]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
 
 
 def project_with_spaces(base: Path) -> Path:

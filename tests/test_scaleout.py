@@ -57,8 +57,9 @@ def test_sample_pipeline_through_slurm_with_partitioned_dedup_and_the_lake_on_po
         "dedup": {"partitions": 3, "partition_resolution": 6},
         "lake": {"catalog": f"postgres:{postgres_database}", **s3_lake},
     }))
+    # every job starts Snakemake twice inside Slurm: give a loaded machine time
     run = snakemake("--profile", PROFILE, *SLURM_TEST_ARGS, "--configfile", str(config),
-                    "--config", f"data_dir={data_dir}")
+                    "--config", f"data_dir={data_dir}", timeout_s=2400)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-6000:]
 
