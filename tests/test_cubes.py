@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import geopandas as gpd
 import numpy as np
@@ -251,6 +252,19 @@ def test_loaders_give_identical_pixels(mini):
     assert (odc[chip.chip_id].image[1, BANDS.index("nir")] == direct).all()
 
 
+def test_batches_are_bounded_by_read_chunks_as_well_as_chips():
+    chips = [SimpleNamespace(chip_id=f"c{k}") for k in range(7)]
+    # c0-c2 share one chunk; c3-c6 are scattered, two chunks each
+    blocks = {"c0": [(0, 0, 0)], "c1": [(0, 0, 0)], "c2": [(0, 0, 0)],
+              **{f"c{k}": [(0, k, 0), (0, k, 1)] for k in range(3, 7)}}
+    batches = [[c.chip_id for c in b] for b, _ in cubes._batches(chips, lambda c: blocks[c.chip_id], 32, 4)]
+    assert batches == [["c0", "c1", "c2", "c3"], ["c4", "c5"], ["c6"]]
+    assert [[c.chip_id for c in b] for b, _ in cubes._batches(chips, lambda c: blocks[c.chip_id], 2, 99)] == [
+        ["c0", "c1"], ["c2", "c3"], ["c4", "c5"], ["c6"]]
+    # a chip needing more chunks than the budget still loads, alone
+    assert [len(b) for b, _ in cubes._batches(chips[3:5], lambda c: blocks[c.chip_id], 32, 1)] == [1, 1]
+
+
 def test_mosaic_fills_nodata_with_the_next_scene():
     first = np.array([[[0, 5], [7, 0]]], np.uint16)[None]
     second = np.array([[[1, 2], [3, 4]]], np.uint16)[None]
@@ -402,6 +416,20 @@ def test_baseline_and_iterator_on_the_mini_cube(mini):
     assert cubes.scores(8, 2, 2) == pytest.approx({"iou": 8 / 12, "precision": 0.8, "recall": 0.8, "f1": 0.8})
 
 
+def test_baseline_without_pv_pixels_says_why_instead_of_failing(mini):
+    # installations known only as points are uncertain pixels: nothing to train the PV class on
+    layout, items, settings = mini
+    prepared = gpd.read_parquet(layout.prepared_parquet())
+    prepared["geometry"] = prepared.geometry.representative_point()
+    prepared.to_parquet(layout.prepared_parquet())
+    cubes.run_stage(layout, manifest_of(layout), settings, progress=False)
+    report = cubes.run_baseline(layout, cubes.BaselineSettings(test_fraction=0.5), progress=False)
+    assert report["trained"] is False and "0 PV" in report["reason"]
+    assert json.loads(layout.baseline_report().read_text()) == report
+    scores = pd.read_parquet(layout.baseline_scores())
+    assert len(scores) == len(gpd.read_parquet(layout.cubes_index())) and scores["iou"].isna().all()
+
+
 # --- the sample run ---------------------------------------------------------------------
 
 
@@ -485,7 +513,7 @@ def test_sample_run_publishes_chips_baseline_and_chapter(cube_outputs, sample_bo
     assert con.execute("SELECT count(*) FROM lake.cubes.chips").fetchone()[0] == len(index)
     assert con.execute("SELECT count(DISTINCT snapshot_id) FROM lake.cubes.chips").fetchone()[0] == 1
     baseline = json.loads(layout.baseline_report().read_text())
-    assert baseline["test_chips"] > 0 and baseline["train_chips"] > 0
+    assert baseline["trained"] and baseline["test_chips"] > 0 and baseline["train_chips"] > 0
     assert 0 < baseline["overall"]["iou"] <= 1
     scores = pd.read_parquet(layout.baseline_scores())
     split = scores.groupby("group")["split"].nunique()

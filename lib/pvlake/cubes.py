@@ -119,7 +119,10 @@ class CubeSettings:
     workers : int
         Threads of the threaded scheduler.
     batch_chips : int
-        Chips computed per Dask call (bounds memory; a failure retries a batch chip by chip).
+        Chips computed per Dask call (a failure retries a batch chip by chip).
+    batch_mb : int
+        Read chunks held per Dask call, MB: a batch ends before its chips' chunks exceed it
+        (scattered chips each need their own chunks).
     chunk_px : int
         Read chunk of the lazy loads, pixels: the COGs' block size reads each block once.
     scl_invalid, scl_cloud : tuple of int
@@ -136,6 +139,7 @@ class CubeSettings:
     scheduler: str | None = None
     workers: int = 2
     batch_chips: int = 32
+    batch_mb: int = 1024
     chunk_px: int = 1024
     scl_invalid: tuple[int, ...] = SCL_INVALID
     scl_cloud: tuple[int, ...] = SCL_CLOUD
@@ -597,6 +601,34 @@ def _block_ranges(offset: int, size: int, chunks: Sequence[int]) -> list[tuple[i
     return out
 
 
+def chunk_bytes(data) -> int:
+    """Bytes of the largest read chunk of a lazy ``(time, band, y, x)`` load: every band of
+    one scene, ``chunk_px`` square."""
+    return int(data.shape[1] * max(data.chunks[2]) * max(data.chunks[3]) * data.dtype.itemsize)
+
+
+def _batches(chips: Sequence[Chip], blocks_of, max_chips: int, max_blocks: int):
+    """Consecutive chips in batches of at most ``max_chips`` chips whose read chunks number
+    at most ``max_blocks`` (a chip needing more is a batch of its own): scattered chips each
+    need chunks of their own, so the chip count alone does not bound memory.
+
+    Yields (chips, {chip_id: read chunk keys}).
+    """
+    batch: list[Chip] = []
+    wanted: dict[str, list] = {}
+    keys: set = set()
+    for chip in chips:
+        mine = blocks_of(chip)
+        if batch and (len(batch) >= max_chips or len(keys | set(mine)) > max_blocks):
+            yield batch, wanted
+            batch, wanted, keys = [], {}, set()
+        batch.append(chip)
+        wanted[chip.chip_id] = mine
+        keys |= set(mine)
+    if batch:
+        yield batch, wanted
+
+
 def load_chips(groups: Sequence[ChipGroup], items: Mapping[str, Mapping], bands: Sequence[str], scl_band: str | None,
                settings: CubeSettings, progress: bool = False) -> Iterator[ChipPixels | tuple[Chip, str]]:
     """Load every chip of ``groups``, ``batch_chips`` at a time, with Dask.
@@ -668,9 +700,8 @@ def load_chips(groups: Sequence[ChipGroup], items: Mapping[str, Mapping], bands:
             # chips in reading order, so consecutive batches share chunks
             chips = sorted(group.chips, key=lambda c: (-c.north_m, c.west_m))
             cache: dict = {}
-            for start in range(0, len(chips), settings.batch_chips):
-                batch = chips[start:start + settings.batch_chips]
-                wanted = {c.chip_id: blocks_of(group, data, c) for c in batch}
+            for batch, wanted in _batches(chips, lambda c: blocks_of(group, data, c), settings.batch_chips,
+                                          settings.batch_mb * 2**20 // chunk_bytes(data)):
                 keys = {k for ks in wanted.values() for k in ks}
                 cache = {k: v for k, v in cache.items() if k in keys}
                 try:
@@ -829,6 +860,7 @@ class ChipStore:
         fps = self.root["fingerprint"][:] if len(ids) else np.array([], dtype=str)
         self.position = {str(c): i for i, c in enumerate(ids)}
         self.fingerprints = {str(c): str(f) for c, f in zip(ids, fps)}
+        self._pending: dict[str, dict[int, object]] = {}
 
     def _create(self) -> None:
         s, t, b = self.size, self.times, len(self.bands)
@@ -895,22 +927,39 @@ class ChipStore:
         self.root["valid"][i] = pad
         self.root["label"][i] = label
         row = lambda values, fill: np.array(list(values) + [fill] * (self.times - n))  # noqa: E731
-        self.root["datetime"][i] = row([t.timestamp() for t in datetimes], np.nan)
-        self.root["cloud_fraction"][i] = row(clouds if len(clouds) else [np.nan] * n, np.nan).astype("float32")
-        self.root["valid_fraction"][i] = row(valid.mean(axis=(1, 2)), np.nan).astype("float32")
-        self.root["solar_day"][i] = row(chip.days, "")
-        self.root["item_ids"][i] = row((" ".join(d) for d in chip.day_items), "")
         x0, y0, res = chip.west_m, chip.north_m, chip.resolution_m
-        self.root["easting"][i] = x0 + (np.arange(self.size) + 0.5) * res
-        self.root["northing"][i] = y0 - (np.arange(self.size) + 0.5) * res
-        self.root["epsg"][i] = chip.epsg
-        self.root["pv_pixels"][i] = int((label == LABEL_PV).sum())
-        self.root["uncertain_pixels"][i] = int((label == LABEL_UNCERTAIN).sum())
-        self.root["fingerprint"][i] = fingerprint
+        # The per-chip arrays share chunks of 4096 chips: written once per run (flush), not
+        # rewritten for every chip.
+        pending = {
+            "datetime": row([t.timestamp() for t in datetimes], np.nan),
+            "cloud_fraction": row(clouds if len(clouds) else [np.nan] * n, np.nan).astype("float32"),
+            "valid_fraction": row(valid.mean(axis=(1, 2)), np.nan).astype("float32"),
+            "solar_day": row(chip.days, ""),
+            "item_ids": row((" ".join(d) for d in chip.day_items), ""),
+            "easting": x0 + (np.arange(self.size) + 0.5) * res,
+            "northing": y0 - (np.arange(self.size) + 0.5) * res,
+            "epsg": chip.epsg,
+            "pv_pixels": int((label == LABEL_PV).sum()),
+            "uncertain_pixels": int((label == LABEL_UNCERTAIN).sum()),
+            "fingerprint": fingerprint,
+        }
+        for name, value in pending.items():
+            self._pending.setdefault(name, {})[i] = value
         self.fingerprints[chip.chip_id] = fingerprint
+
+    def flush(self) -> None:
+        """Write the per-chip values of the chips written since the last flush."""
+        for name, values in self._pending.items():
+            arr = self.root[name]
+            data = arr[:]
+            for i, value in values.items():
+                data[i] = value
+            arr[:] = data
+        self._pending = {}
 
     def commit(self, active: Iterable[str], message: str, run: Mapping) -> str:
         """Mark the chips of this run's index active, record the run, commit; the snapshot id."""
+        self.flush()
         flags = np.zeros(len(self.position), dtype=bool)
         for c in active:
             flags[self.position[c]] = True
@@ -1300,6 +1349,39 @@ def scores(tp: int, fp: int, fn: int) -> dict:
     }
 
 
+SCORE_COLUMNS = ["chip_id", "group", "split", "pixels", "tp", "fp", "fn", "tn", "iou", "precision", "recall", "f1"]
+
+
+def _scores_table(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    for col in ("pixels", "tp", "fp", "fn", "tn"):
+        table[col] = table[col].astype("Int64")
+    for col in ("iou", "precision", "recall", "f1"):
+        table[col] = table[col].astype("float64")
+    return table
+
+
+def _untrained_baseline(layout: Layout, settings: BaselineSettings, split: pd.DataFrame, started: float,
+                        reason: str) -> dict:
+    """The baseline's outputs when it cannot be trained: the split without scores, and a
+    report that says why (``trained: false``)."""
+    table = _scores_table(split[["chip_id", "group", "split"]].to_dict("records"))
+    with atomic_path(layout.baseline_scores()) as tmp:
+        table.to_parquet(tmp, index=False)
+    report = {
+        "model": "sklearn HistGradientBoostingClassifier",
+        "trained": False,
+        "reason": reason,
+        "test_chips": int((split["split"] == "test").sum()),
+        "train_chips": int((split["split"] == "train").sum()),
+        "groups": int(split["group"].nunique()),
+        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(report, layout.baseline_report())
+    return report
+
+
 def run_baseline(layout: Layout, settings: BaselineSettings, progress: bool = True) -> dict:
     """Train and evaluate the baseline PV pixel classifier on the cube's chips.
 
@@ -1311,7 +1393,8 @@ def run_baseline(layout: Layout, settings: BaselineSettings, progress: bool = Tr
     Returns
     -------
     dict
-        Also written to ``cubes/baseline.json``: overall scores, confusion matrix
+        Also written to ``cubes/baseline.json``: ``trained`` (false, with a ``reason``, when
+        the training chips lack PV or background pixels), overall scores, confusion matrix
         ``[[tn, fp], [fn, tp]]``, pixel and chip counts, features, settings, seconds.
         Per-chip split and scores go to ``cubes/baseline_scores.parquet``.
     """
@@ -1353,7 +1436,12 @@ def run_baseline(layout: Layout, settings: BaselineSettings, progress: bool = Tr
     x_all = np.concatenate(xs) if xs else np.empty((0, 0), np.float32)
     y_all = np.concatenate(ys) if ys else np.empty(0, bool)
     if y_all.sum() == 0 or (~y_all).sum() == 0:
-        raise CubeError(str(layout.cubes_index()), "the training chips hold no PV pixel (or no background pixel)")
+        # Not an error of the run: a region whose labels are all points (uncertain pixels)
+        # or whose chips all fell to the test side has nothing to learn from; say so.
+        return _untrained_baseline(layout, settings, split, started,
+                                   f"the {len(train_ids)} training chips hold {int(y_all.sum()):,} PV and "
+                                   f"{int((~y_all).sum()):,} background pixels (valid, not uncertain): "
+                                   "a classifier needs both")
     pv, bg = np.flatnonzero(y_all), np.flatnonzero(~y_all)
     n_pv = min(len(pv), settings.train_pixels // 2)
     n_bg = min(len(bg), settings.train_pixels - n_pv)
@@ -1377,16 +1465,14 @@ def run_baseline(layout: Layout, settings: BaselineSettings, progress: bool = Tr
             row.update({"pixels": len(y), "tp": tp, "fp": fp, "fn": fn, "tn": tn, **scores(tp, fp, fn)})
         rows.append(row)
     limits.unregister()
-    table = pd.DataFrame(rows, columns=["chip_id", "group", "split", "pixels", "tp", "fp", "fn", "tn",
-                                        "iou", "precision", "recall", "f1"])
-    for col in ("pixels", "tp", "fp", "fn", "tn"):
-        table[col] = table[col].astype("Int64")
+    table = _scores_table(rows)
     with atomic_path(layout.baseline_scores()) as tmp:
         table.to_parquet(tmp, index=False)
     test = table[table["split"] == "test"]
     tp, fp, fn, tn = (int(test[c].sum()) for c in ("tp", "fp", "fn", "tn"))
     report = {
         "model": "sklearn HistGradientBoostingClassifier",
+        "trained": True,
         "features": names,
         "overall": scores(tp, fp, fn),
         "confusion_matrix": [[tn, fp], [fn, tp]],

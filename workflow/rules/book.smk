@@ -27,7 +27,6 @@ rule book:
     log:
         str(LAYOUT.log("book", "book")),
     params:
-        python=PYTHON,
         data_dir=config["data_dir"],
         book_dir=lambda wc, output: str(Path(output.html).parent.parent),
         config=json.dumps(config, sort_keys=True),
@@ -36,6 +35,6 @@ rule book:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{params.python:q} -m pvlake.book --data-dir {params.data_dir:q} --manifest {input.manifest:q}"
+        '"$PYTHON" -m pvlake.book --data-dir {params.data_dir:q} --manifest {input.manifest:q}'
         " --book-dir {params.book_dir:q} --template book --node-modules book/node_modules --docs docs"
         " --lock {input.lock:q} --config {params.config:q} > {log:q} 2>&1"

@@ -1,4 +1,5 @@
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -15,8 +16,10 @@ validate(config, "../schemas/config.schema.yaml")
 LAYOUT = Layout(config["data_dir"])
 MANIFEST = load_manifest(config["manifest"])
 DATASETS = active_datasets(MANIFEST)
-# The project's interpreter, whatever `python` is on PATH.
-PYTHON = sys.executable
+# The project's interpreter, whatever `python` is on PATH, as $PYTHON in every job's shell:
+# not a param, since where the environment lives does not change results (moving it, or
+# reaching it through another path, reruns nothing).
+shell.prefix(f"set -euo pipefail; PYTHON={shlex.quote(sys.executable)}; ")
 
 
 wildcard_constraints:

@@ -46,12 +46,11 @@ rule context:
         notebook=str(LAYOUT.executed_notebook("context", "context")),
         text=str(LAYOUT.log("context", "context")),
     params:
-        python=PYTHON,
         nb=notebook_params(data_dir=config["data_dir"], context=CONTEXT),
     threads: 1
     resources:
         mem_mb=3000,
         runtime=60,
     shell:
-        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        '"$PYTHON" -m pvlake.notebook {input.notebook:q} {log.notebook:q}'
         " --params {params.nb:q} --log {log.text:q}"

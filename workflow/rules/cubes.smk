@@ -43,7 +43,6 @@ rule sample_imagery:
     log:
         text=str(LAYOUT.log("cubes", "sample_imagery")),
     params:
-        python=PYTHON,
         data_dir=config["data_dir"],
         catalogs=json.dumps(SAMPLE_IMAGERY, sort_keys=True),
         chip_size_px=CUBES["chip_size_px"],
@@ -55,7 +54,7 @@ rule sample_imagery:
         mem_mb=2000,
         runtime=60,
     shell:
-        "{params.python:q} -m pvlake.sample_imagery {params.data_dir:q} {params.catalogs:q} {output.report:q}"
+        '"$PYTHON" -m pvlake.sample_imagery {params.data_dir:q} {params.catalogs:q} {output.report:q}'
         " --chip-size-px {params.chip_size_px} --resolution-m {params.resolution_m}"
         " --max-dates {params.max_dates} --workers {params.workers} > {log.text:q} 2>&1"
 
@@ -78,12 +77,11 @@ rule cubes:
         notebook=str(LAYOUT.executed_notebook("cubes", "cubes")),
         text=str(LAYOUT.log("cubes", "cubes")),
     params:
-        python=PYTHON,
         nb=notebook_params(data_dir=config["data_dir"], stac_manifest=STAC["manifest"], settings=CUBES_SETTINGS),
     threads: 2
     resources:
         mem_mb=4000,
         runtime=120,
     shell:
-        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        '"$PYTHON" -m pvlake.notebook {input.notebook:q} {log.notebook:q}'
         " --params {params.nb:q} --log {log.text:q}"

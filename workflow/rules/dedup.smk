@@ -28,7 +28,6 @@ if DEDUP_PARTITIONS > 1:
         log:
             str(LAYOUT.log("dedup", "split")),
         params:
-            python=PYTHON,
             data_dir=config["data_dir"],
             rules=json.dumps(DEDUP_RULES, sort_keys=True),
             resolution=config["dedup"]["partition_resolution"],
@@ -38,7 +37,7 @@ if DEDUP_PARTITIONS > 1:
             mem_mb=3000,
             runtime=lambda wc, input: int(20 + input.size_mb / 10),
         shell:
-            "{params.python:q} -m pvlake.partition split --staging {input.staging:q} --data-dir {params.data_dir:q}"
+            '"$PYTHON" -m pvlake.partition split --staging {input.staging:q} --data-dir {params.data_dir:q}'
             " --dedup {params.rules:q} --partitions {params.partitions} --resolution {params.resolution}"
             " > {log:q} 2>&1"
 
@@ -53,7 +52,6 @@ if DEDUP_PARTITIONS > 1:
         wildcard_constraints:
             part=r"\d+",
         params:
-            python=PYTHON,
             data_dir=config["data_dir"],
             rules=json.dumps(DEDUP_RULES, sort_keys=True),
             partitions=DEDUP_PARTITIONS,
@@ -62,7 +60,7 @@ if DEDUP_PARTITIONS > 1:
             mem_mb=lambda wc, input: int(1000 + 30 * input.size_mb),
             runtime=lambda wc, input: int(10 + input.size_mb / 5),
         shell:
-            "{params.python:q} -m pvlake.partition pairs --data-dir {params.data_dir:q} --dedup {params.rules:q}"
+            '"$PYTHON" -m pvlake.partition pairs --data-dir {params.data_dir:q} --dedup {params.rules:q}'
             " --part {wildcards.part} --partitions {params.partitions} > {log:q} 2>&1"
 
 
@@ -81,7 +79,6 @@ rule dedup:
         notebook=str(LAYOUT.executed_notebook("dedup", "dedup")),
         text=str(LAYOUT.log("dedup", "dedup")),
     params:
-        python=PYTHON,
         nb=lambda wc: notebook_params(
             manifest=config["manifest"],
             data_dir=config["data_dir"],
@@ -95,5 +92,5 @@ rule dedup:
         mem_mb=lambda wc, input: int(1000 + (19 if DEDUP_PARTITIONS == 1 else 8) * input.size_mb),
         runtime=lambda wc, input: int(20 + input.size_mb / 5),
     shell:
-        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        '"$PYTHON" -m pvlake.notebook {input.notebook:q} {log.notebook:q}'
         " --params {params.nb:q} --log {log.text:q}"

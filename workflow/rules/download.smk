@@ -16,7 +16,6 @@ rule download:
         notebook=str(LAYOUT.executed_notebook("download", "{dataset}")),
         text=str(LAYOUT.log("download", "{dataset}")),
     params:
-        python=PYTHON,
         # Hash of the fields that decide what is fetched: editing keep_cols re-harmonizes
         # a dataset without downloading it again.
         fingerprint=lambda wc: download_fingerprint(MANIFEST[wc.dataset]),
@@ -34,5 +33,5 @@ rule download:
         mem_mb=1000,
         runtime=240,
     shell:
-        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        '"$PYTHON" -m pvlake.notebook {input.notebook:q} {log.notebook:q}'
         " --params {params.nb:q} --log {log.text:q}"

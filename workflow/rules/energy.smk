@@ -33,12 +33,11 @@ rule energy:
         notebook=str(LAYOUT.executed_notebook("energy", "energy")),
         text=str(LAYOUT.log("energy", "energy")),
     params:
-        python=PYTHON,
         nb=notebook_params(data_dir=config["data_dir"], settings=ENERGY),
     threads: 1
     resources:
         mem_mb=3000,
         runtime=120,
     shell:
-        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        '"$PYTHON" -m pvlake.notebook {input.notebook:q} {log.notebook:q}'
         " --params {params.nb:q} --log {log.text:q}"

@@ -16,7 +16,6 @@ rule harmonize:
         notebook=str(LAYOUT.executed_notebook("harmonize", "{dataset}")),
         text=str(LAYOUT.log("harmonize", "{dataset}")),
     params:
-        python=PYTHON,
         # The entry's hash: editing one manifest entry reruns only that dataset.
         fingerprint=lambda wc: MANIFEST[wc.dataset].fingerprint,
         nb=lambda wc: notebook_params(
@@ -31,5 +30,5 @@ rule harmonize:
         mem_mb=lambda wc, input: int(1500 + 8 * input.size_mb),
         runtime=lambda wc, input: int(15 + input.size_mb / 20),
     shell:
-        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        '"$PYTHON" -m pvlake.notebook {input.notebook:q} {log.notebook:q}'
         " --params {params.nb:q} --log {log.text:q}"

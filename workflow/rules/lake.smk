@@ -26,7 +26,6 @@ rule lake:
         notebook=str(LAYOUT.executed_notebook("lake", "lake")),
         text=str(LAYOUT.log("lake", "lake")),
     params:
-        python=PYTHON,
         # The manifest entries decide what the raw layer reads.
         fingerprints=[MANIFEST[d].fingerprint for d in DATASETS],
         nb=notebook_params(
@@ -43,5 +42,5 @@ rule lake:
         mem_mb=3000,
         runtime=60,
     shell:
-        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        '"$PYTHON" -m pvlake.notebook {input.notebook:q} {log.notebook:q}'
         " --params {params.nb:q} --log {log.text:q}"

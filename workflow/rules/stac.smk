@@ -43,7 +43,6 @@ rule stac:
         notebook=str(LAYOUT.executed_notebook("stac", "stac")),
         text=str(LAYOUT.log("stac", "stac")),
     params:
-        python=PYTHON,
         nb=notebook_params(
             data_dir=config["data_dir"],
             stac_manifest=STAC["manifest"],
@@ -55,5 +54,5 @@ rule stac:
         mem_mb=3000,
         runtime=120,
     shell:
-        "{params.python:q} -m pvlake.notebook {input.notebook:q} {log.notebook:q}"
+        '"$PYTHON" -m pvlake.notebook {input.notebook:q} {log.notebook:q}'
         " --params {params.nb:q} --log {log.text:q}"
