@@ -63,7 +63,11 @@ def edge_run(tmp_path_factory):
     manifest_path = inputs / "manifest with upstream entry.json"
     manifest_path.write_text(json.dumps(manifest, indent=2))
     config = base / "repositories.yaml"
-    config.write_text(yaml.safe_dump({"repositories": server.repositories()}))
+    # Every stage runs; the chips are small and of one date, since what this run checks is
+    # harmonize and dedup at the edges and the memory of every job (the cubes at full chip
+    # size: the session's sample run and bench_cubes.py).
+    config.write_text(yaml.safe_dump({"repositories": server.repositories(),
+                                      "cubes": {"chip_size_px": 64, "max_dates": 1}}))
     data_dir = base / "my data"
     project = project_with_spaces(base)
     snakemake = [str(project / ".venv" / "bin" / "python"), "-m", "snakemake", "-s", str(project / "Snakefile"), "-j8",

@@ -56,6 +56,9 @@ def test_sample_pipeline_through_slurm_with_partitioned_dedup_and_the_lake_on_po
     config.write_text(json.dumps({
         "dedup": {"partitions": 3, "partition_resolution": 6},
         "lake": {"catalog": f"postgres:{postgres_database}", **s3_lake},
+        # small chips of one date: the cubes job goes through sbatch like every other; its
+        # chips are not compared (the local run's are full size)
+        "cubes": {"chip_size_px": 64, "max_dates": 1},
     }))
     # every job starts Snakemake twice inside Slurm: give a loaded machine time
     run = snakemake("--profile", PROFILE, *SLURM_TEST_ARGS, "--configfile", str(config),
