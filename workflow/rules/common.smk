@@ -9,6 +9,7 @@ from pvlake.errors import DatasetError
 from pvlake.layout import Layout
 from pvlake.manifest import active_datasets, load_manifest
 from pvlake.sources import find_label_files
+from pvlake.stac import active_catalogs, load_stac_manifest
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -56,3 +57,13 @@ def ground_truth_path():
         candidate = Path(config["manifest"]).parent / "ground_truth.json"
         return str(candidate) if candidate.exists() else None
     return value
+
+
+def stac_catalog_files(wildcards):
+    """Every file of the local static catalogues the STAC manifest searches, so a
+    regenerated catalogue reruns the search (remote ones are cached per request)."""
+    files = []
+    for spec in active_catalogs(load_stac_manifest(config["stac"]["manifest"])):
+        if spec.catalog_type == "static" and not spec.is_url:
+            files += sorted(str(p) for p in Path(spec.catalog_uri).parent.rglob("*.json"))
+    return files

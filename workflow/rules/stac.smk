@@ -1,6 +1,4 @@
 # STAC stage, search half: the satellite scenes over every installation (pvlake.stac).
-from pvlake.stac import active_catalogs, load_stac_manifest
-
 STAC = config["stac"]
 STAC_OUTPUTS = [LAYOUT.stac_items(), LAYOUT.stac_matches(), LAYOUT.stac_skipped(), LAYOUT.stac_report()]
 TARGETS.extend(str(p) for p in STAC_OUTPUTS)
@@ -14,16 +12,6 @@ LAKE_TABLES.extend([
     {"layer": "stac", "name": "skipped", "path": str(LAYOUT.stac_skipped()), "crs": None,
      "comment": "Installations without a usable scene and why (stac/skipped.parquet)"},
 ])
-
-
-def stac_catalog_files(wildcards):
-    """Every file of the local static catalogues the STAC manifest searches, so a
-    regenerated catalogue reruns the search (remote ones are cached per request)."""
-    files = []
-    for spec in active_catalogs(load_stac_manifest(STAC["manifest"])):
-        if spec.catalog_type == "static" and not spec.is_url:
-            files += sorted(str(p) for p in Path(spec.catalog_uri).parent.rglob("*.json"))
-    return files
 
 
 rule stac:
