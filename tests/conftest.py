@@ -168,13 +168,20 @@ def postgres_server():
 def postgres_database(postgres_server, monkeypatch):
     """A new, empty database on the throwaway server; returns its libpq connection string
     (no password: the test's environment gets PGPASSWORD, as a user's would)."""
+    monkeypatch.setenv("PGPASSWORD", postgres_server["password"])
+    return create_database(postgres_server)
+
+
+def create_database(server: dict) -> str:
+    """A new, empty database on ``server`` (:func:`postgres_server`); its libpq
+    connection string, without the password."""
+    import os
     import uuid
 
-    server = postgres_server
-    monkeypatch.setenv("PGPASSWORD", server["password"])
     name = f"lake_{uuid.uuid4().hex[:12]}"
     subprocess.run([server["bindir"] / "createdb", "-h", server["host"], "-p", str(server["port"]),
-                    "-U", server["user"], name], check=True, capture_output=True)
+                    "-U", server["user"], name], check=True, capture_output=True,
+                   env={**os.environ, "PGPASSWORD": server["password"]})
     return f"host={server['host']} port={server['port']} user={server['user']} dbname={name}"
 
 
@@ -529,10 +536,15 @@ def seaweedfs(tmp_path_factory):
 def s3_lake(seaweedfs, monkeypatch) -> dict:
     """``lake`` configuration of an S3 data path in a fresh prefix of the session's store;
     the credentials go into this test's environment, as a user's would."""
-    import uuid
-
     for key, value in seaweedfs.env.items():
         monkeypatch.setenv(key, value)
+    return s3_lake_config(seaweedfs)
+
+
+def s3_lake_config(seaweedfs) -> dict:
+    """``lake`` configuration of an S3 data path in a fresh prefix of the session's store."""
+    import uuid
+
     return {"data_path": f"s3://pvlake/{uuid.uuid4().hex[:12]}/", "s3": seaweedfs.lake_s3()}
 
 
@@ -675,6 +687,70 @@ def slurm_cluster(tmp_path_factory):
             SLURM_CONF.unlink()
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+SLURM_PIPELINE_TEST = "test_sample_pipeline_through_slurm_with_partitioned_dedup_and_the_lake_on_postgres_and_s3"
+SLURM_PROFILE = "workflow/profiles/slurm"
+SLURM_TEST_ARGS = ("--slurm-no-account", "--slurm-status-command", "squeue",
+                   "--slurm-init-seconds-before-status-checks", "1")
+"""What the test cluster needs beyond the profile (a user adds the same where it applies):
+it has no accounting, so no accounts and no sacct; its jobs are short, so the first status
+check comes after 1 s instead of the plugin's 40."""
+
+
+@pytest.fixture(scope="session")
+def slurm_sample_pipeline(slurm_cluster, postgres_server, seaweedfs, tmp_path_factory):
+    """The sample pipeline through the test Slurm cluster, with dedup in 3 partitions and
+    the lake on PostgreSQL + S3, started in the background (:func:`_slurm_pipeline_early`);
+    ``wait()`` gives (return code, Snakemake's output). Small one-date chips: the cubes job
+    goes through sbatch like every other, its chips are not compared with the local run's."""
+    import os
+
+    base = tmp_path_factory.mktemp("slurm run")
+    database, lake = create_database(postgres_server), s3_lake_config(seaweedfs)
+    config = base / "cluster.yaml"
+    config.write_text(json.dumps({
+        "dedup": {"partitions": 3, "partition_resolution": 6},
+        "lake": {"catalog": f"postgres:{database}", **lake},
+        "cubes": {"chip_size_px": 64, "max_dates": 1},
+    }))
+    data_dir = base / "slurm data"
+    # the credentials in the environment only, as a user's would be
+    env = {**os.environ, "PGPASSWORD": postgres_server["password"], **seaweedfs.env}
+    log = base / "snakemake.out"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--profile", SLURM_PROFILE,
+           *SLURM_TEST_ARGS, "--configfile", str(config),
+           *with_test_book_dir(("--config", f"data_dir={data_dir}"))]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def wait(timeout_s: float = 2400) -> tuple[int, str]:
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            stop_process(proc, 20)
+            raise
+        return rc, log.read_text()
+
+    run = {"wait": wait, "data_dir": data_dir, "database": database, "lake": lake,
+           "secrets": (postgres_server["password"], seaweedfs.secret_key)}
+    yield run
+    if proc.poll() is None:
+        stop_process(proc, 20)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _slurm_pipeline_early(request):
+    """Start the Slurm run of the sample pipeline with the session when its test is
+    selected: its jobs spend much of their time waiting for Slurm's status checks (a
+    plugin backing off by 10 s per check), time the other tests use."""
+    if any(item.name == SLURM_PIPELINE_TEST for item in request.session.items):
+        try:
+            request.getfixturevalue("slurm_sample_pipeline")
+        except pytest.skip.Exception:
+            pass  # the test itself reports why
+
+
 # --- end scale-out ---
 
 

@@ -8,7 +8,6 @@ Run alone with ``.venv/bin/python -m pytest tests/test_scaleout.py`` (as root, a
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 
@@ -17,16 +16,9 @@ import pytest
 
 from pvlake.layout import Layout
 
-from conftest import ROOT, snakemake
+from conftest import ROOT, SLURM_PROFILE as PROFILE, SLURM_TEST_ARGS, snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
-
-PROFILE = "workflow/profiles/slurm"
-SLURM_TEST_ARGS = ("--slurm-no-account", "--slurm-status-command", "squeue",
-                   "--slurm-init-seconds-before-status-checks", "1")
-"""What this cluster needs beyond the profile (a user adds the same where it applies):
-it has no accounting, so no accounts and no sacct; its jobs are short, so the first
-status check comes after 1 s instead of the plugin's 40."""
 
 SUBMITTED = re.compile(r"Job (?P<job>\d+) has been submitted with SLURM jobid (?P<slurm>\d+)")
 RULE = re.compile(r"^(?P<local>local)?rule (?P<rule>\w+):\n(?:    .*\n)*?    jobid: (?P<job>\d+)$", re.M)
@@ -50,21 +42,13 @@ def parquet_outputs(data_dir) -> dict[str, object]:
 
 
 def test_sample_pipeline_through_slurm_with_partitioned_dedup_and_the_lake_on_postgres_and_s3(
-        slurm_cluster, sample_run, postgres_database, s3_lake, seaweedfs, tmp_path):
-    data_dir = tmp_path / "slurm data"
-    config = tmp_path / "cluster.yaml"
-    config.write_text(json.dumps({
-        "dedup": {"partitions": 3, "partition_resolution": 6},
-        "lake": {"catalog": f"postgres:{postgres_database}", **s3_lake},
-        # small chips of one date: the cubes job goes through sbatch like every other; its
-        # chips are not compared (the local run's are full size)
-        "cubes": {"chip_size_px": 64, "max_dates": 1},
-    }))
-    # every job starts Snakemake twice inside Slurm: give a loaded machine time
-    run = snakemake("--profile", PROFILE, *SLURM_TEST_ARGS, "--configfile", str(config),
-                    "--config", f"data_dir={data_dir}", timeout_s=2400)
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-6000:]
+        slurm_sample_pipeline, sample_run):
+    # started with the session (conftest: _slurm_pipeline_early); every job starts Snakemake
+    # twice inside Slurm: give a loaded machine time
+    returncode, output = slurm_sample_pipeline["wait"](timeout_s=2400)
+    assert returncode == 0, output[-6000:]
+    data_dir = slurm_sample_pipeline["data_dir"]
+    database, s3_lake = slurm_sample_pipeline["database"], slurm_sample_pipeline["lake"]
 
     # every job but the `all` target went through sbatch, and Slurm saw it complete
     rules, submitted = jobs_of(output)
@@ -88,11 +72,11 @@ def test_sample_pipeline_through_slurm_with_partitioned_dedup_and_the_lake_on_po
     assert report == json.loads(local_layout.dedup_report().read_text())
     summary = json.loads(layout.lake_summary().read_text())
     assert summary["tables"] == json.loads(local_layout.lake_summary().read_text())["tables"]
-    assert summary["catalog"] == f"postgres:{postgres_database}" and summary["data_path"] == s3_lake["data_path"]
+    assert summary["catalog"] == f"postgres:{database}" and summary["data_path"] == s3_lake["data_path"]
     assert not layout.lake_catalog().exists()
-    assert (tmp_path / "slurm data_book" / "html" / "index.html").exists()
+    assert (data_dir.parent / "slurm data_book" / "html" / "index.html").exists()
     for path in [layout.executed_notebook("lake", "lake"), layout.log("lake", "lake"), layout.lake_summary()]:
-        for secret in (seaweedfs.secret_key, os.environ["PGPASSWORD"]):
+        for secret in slurm_sample_pipeline["secrets"]:
             assert secret not in path.read_text()
 
 

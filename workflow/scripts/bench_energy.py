@@ -17,7 +17,7 @@ datasets like GM-SEUS); 0.5 % sit near pvlib's Greensboro and Miami station file
 get clear-sky weather (the offline default).
 
 The timed run is the whole stage (system parameters, weather cells, weather, model,
-profile, writing the outputs) in a fresh child process (peak memory ru_maxrss is its own),
+profile, writing the outputs) in a fresh child process (its peak memory, VmHWM, is its own),
 with the configured defaults (``grid`` method, 2 worker threads). In the same child,
 ``--modelchain`` installations are then run through pvlib's ModelChain one by one (the
 per-system loop), timed, and extrapolated to all installations for the speed-up; their
@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,9 @@ from pathlib import Path
 import h3
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import peak_rss_mb  # noqa: E402
 
 STATIONS = {"greensboro": (36.07, -79.79), "miami": (25.70, -80.40)}
 
@@ -96,7 +98,7 @@ def run_child(folder: Path, n_modelchain: int, n_exact: int) -> dict:
     run = energy.run_stage(folder / "pv_installations.parquet", layout, settings, progress=False)
     wall = time.perf_counter() - t0
     cpu = sum(os.times()[:2]) - cpu0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     agreement = energy.modelchain_agreement(run, settings, n=n_modelchain, seed=0, progress=False)
     subset = {}
     if n_exact:
