@@ -47,6 +47,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pvlib
+# imported here, not in the function fitting the trees: threadpoolctl limits the OpenMP
+# threads of libraries already loaded only (unlimited threads spin on a busy machine)
+from sklearn.ensemble import HistGradientBoostingRegressor
 from tqdm import tqdm
 
 from . import __version__
@@ -493,8 +496,6 @@ def climatology_index(hourly: pd.DataFrame, capacity_kw: float, before: pd.Times
 def regressor(settings: ForecastSettings):
     """The gradient-boosted trees (scikit-learn's HistGradientBoostingRegressor, squared
     error; LightGBM-style histograms, Ke et al. 2017)."""
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
     params = {k: settings.ml[k] for k in ("max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf",
                                            "l2_regularization")}
     return HistGradientBoostingRegressor(early_stopping=False, random_state=settings.seed, **params)
@@ -729,14 +730,31 @@ def day_window(date: str, longitude: float, year: int | None = None) -> tuple[pd
     return start, start + pd.Timedelta("1D")
 
 
+def clear_sky_hours(latitude: float, longitude: float, altitude_m: float, hours: pd.DatetimeIndex,
+                    clearsky: Mapping) -> pd.DataFrame:
+    """Clear-sky weather at a site for some hours (index: hour starts; values at their
+    middle), as the energy stage computes it: Ineichen with pvlib's monthly Linke
+    turbidity, the configured air temperature and wind (``energy.clearsky``)."""
+    times = hours + pd.Timedelta("30min")
+    pressure = float(pvlib.atmosphere.alt2pres(altitude_m))
+    sun = en.solar_position(times, [latitude], [longitude], [altitude_m], pressure, clearsky["temp_air_c"])
+    linke = en.linke_basis(times) @ en._padded(en.linke_monthly([latitude], [longitude])).T
+    dni_extra = np.asarray(en.sun_time_terms(times)["dni_extra"])[:, None]
+    sky = en.clearsky_irradiance(sun["apparent_zenith"], altitude_m, linke, dni_extra)
+    return pd.DataFrame({"ghi": sky["ghi"][:, 0], "dni": sky["dni"][:, 0], "dhi": sky["dhi"][:, 0],
+                         "temp_air": float(clearsky["temp_air_c"]), "wind_speed": float(clearsky["wind_speed_m_s"])},
+                        index=hours).fillna(0.0)
+
+
 def cell_day_weather(cell: en.CellWeather, date: str, energy: en.EnergySettings) -> tuple[pd.DataFrame, str]:
-    """The hourly weather (hour starts) of one energy weather cell on a local day, taken
-    from its typical year: the energy stage's weather for that calendar day."""
-    series = en.cell_weather_series(cell, energy)
+    """The hourly weather (index: hour starts) of one energy weather cell on a local day of
+    its typical year: the energy stage's weather for that calendar day."""
     start, end = day_window(date, cell.longitude, energy.year)
-    data = series.data
-    part = data[(data.index >= start) & (data.index < end)]
-    return part.set_axis(part.index.floor("h")), series.source
+    if cell.data is None:
+        hours = pd.date_range(start, end, freq="h", inclusive="left")
+        return clear_sky_hours(cell.latitude, cell.longitude, cell.altitude_m, hours, energy.clearsky), cell.source
+    part = cell.data[(cell.data.index >= start) & (cell.data.index < end)]
+    return part.set_axis(part.index.floor("h")), cell.source
 
 
 def open_meteo_day_weather(cell: en.CellWeather, date: str, settings: ForecastSettings, cache_dir: str | Path,
@@ -762,7 +780,7 @@ def apply_day_ahead(installations: pd.DataFrame, saved_model: tuple, energy: en.
     :func:`pvlake.energy.load_cell_weather`); the weather of the day is the cell's
     typical-year weather on that calendar day (``forecast.weather: energy``) or the
     archived Open-Meteo forecast of the cell's site (``open_meteo``). Clear-sky power
-    is computed at the cell with pvlib's Ineichen model (the energy stage's clear sky).
+    is computed at the cell as the energy stage computes clear sky (:func:`clear_sky_hours`).
 
     Returns
     -------
@@ -793,42 +811,40 @@ def apply_day_ahead(installations: pd.DataFrame, saved_model: tuple, energy: en.
             day, source = open_meteo_day_weather(cell, settings.apply_date, settings, cache_dir, session)
         else:
             day, source = cell_day_weather(cell, settings.apply_date, energy)
-        if day.empty:
-            continue
-        parts.append(_cell_forecast(cell, day, source, members, model, columns, energy, settings))
+        if not day.empty:
+            parts.append(_cell_inputs(cell, day, source, members, energy, settings))
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in PV_FORECAST_COLUMNS})
-    return pd.concat(parts, ignore_index=True).sort_values(["pv_id", "time_utc"], kind="stable").reset_index(drop=True)
+    frame = pd.concat(parts, ignore_index=True)
+    # one prediction for every cell: the trees' per-call overhead is paid once
+    frame["relative_output_kw_per_kwp"] = predict_trees(model, frame, columns, settings)
+    frame = frame.sort_values(["pv_id", "time_utc"], kind="stable").reset_index(drop=True)
+    return frame[list(PV_FORECAST_COLUMNS)]
 
 
-def _cell_forecast(cell: en.CellWeather, day: pd.DataFrame, source: str, members: pd.DataFrame, model,
-                   columns: tuple, energy: en.EnergySettings, settings: ForecastSettings) -> pd.DataFrame:
-    """The saved trees on one cell's installations over one day's weather."""
+def _cell_inputs(cell: en.CellWeather, day: pd.DataFrame, source: str, members: pd.DataFrame,
+                 energy: en.EnergySettings, settings: ForecastSettings) -> pd.DataFrame:
+    """Per installation and hour of one cell's day: the day-ahead model's features, the
+    pvlib chain and clear-sky power per kWp."""
     hours = pd.DatetimeIndex(day.index)
     surfaces = en.Surfaces(members["tilt_deg"].to_numpy(float), members["azimuth_deg"].to_numpy(float),
                            members["array_type"].to_numpy(object))
-    year_clear = en.clearsky_weather(cell.latitude, cell.longitude, cell.altitude_m, hours[0].year, energy.clearsky)
-    clear_sky = year_clear.data.reindex(hours + pd.Timedelta("30min")).set_axis(hours).fillna(0.0)
+    clear_sky = clear_sky_hours(cell.latitude, cell.longitude, cell.altitude_m, hours, energy.clearsky)
     weather = day[["ghi", "dni", "dhi", "temp_air", "wind_speed"]].fillna(0.0)
-    clear = per_kw(clear_sky[["ghi", "dni", "dhi", "temp_air", "wind_speed"]], cell.latitude, cell.longitude,
-                   cell.altitude_m, surfaces, energy.model)
+    clear = per_kw(clear_sky, cell.latitude, cell.longitude, cell.altitude_m, surfaces, energy.model)
     physical = per_kw(weather, cell.latitude, cell.longitude, cell.altitude_m, surfaces, energy.model)
     sun = sun_terms(hours, cell.latitude, cell.longitude, cell.altitude_m, surfaces.tilt_deg, surfaces.azimuth_deg)
     n_hours, n = clear.shape
     with np.errstate(divide="ignore", invalid="ignore"):
         kt = np.where(clear_sky["ghi"].to_numpy() > 0, weather["ghi"].to_numpy() / clear_sky["ghi"].to_numpy(), np.nan)
         k_physical = np.where(clear > 0, physical / clear, np.nan)
-    feats = pd.DataFrame({
+    return pd.DataFrame({
+        "pv_id": np.tile(members["pv_id"].to_numpy(object), n_hours), "time_utc": np.repeat(hours, n),
         "clear_target": clear.ravel(), "elevation_deg": np.repeat(sun["elevation_deg"][:, 0], n),
         "cos_aoi": sun["cos_aoi"].ravel(), "kt_ghi": np.repeat(np.clip(kt, 0.0, settings.max_clearsky_index), n),
         "temp_air": np.repeat(weather["temp_air"].to_numpy(), n),
         "k_physical": np.clip(k_physical, 0.0, settings.max_clearsky_index).ravel(),
-    })
-    relative = predict_trees(model, feats, columns, settings)
-    return pd.DataFrame({
-        "pv_id": np.tile(members["pv_id"].to_numpy(object), n_hours), "time_utc": np.repeat(hours, n),
-        "relative_output_kw_per_kwp": relative, "physical_kw_per_kwp": physical.ravel(),
-        "clear_sky_kw_per_kwp": clear.ravel(), "weather_source": source,
+        "physical_kw_per_kwp": physical.ravel(), "clear_sky_kw_per_kwp": clear.ravel(), "weather_source": source,
     })
 
 
