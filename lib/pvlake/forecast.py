@@ -202,7 +202,8 @@ class SystemSeries:
     system : pvlake.sources.measured.MeasuredSystem
     hourly : pandas.DataFrame
         Regular hourly UTC index of hour starts: ``measured_kw`` (mean AC power, NaN when
-        a sample of the hour failed a quality check), ``ghi``, ``ghi_clear``,
+        a sample of the hour failed a quality check: the targets), ``raw_kw`` (mean AC power
+        as measured: what the features read, :func:`hourly_raw`), ``ghi``, ``ghi_clear``,
         ``temp_air`` (hourly means of the weather), ``clear_per_kw`` and
         ``physical_per_kw`` (the energy stage's chain per kWp under clear-sky and observed
         weather), ``elevation_deg``, ``cos_aoi`` (mid-hour sun).
@@ -215,24 +216,36 @@ class SystemSeries:
     quality: dict
 
 
+def hour_means(kw: pd.Series, freq: str, label: str = "end") -> pd.Series:
+    """Hourly means (index: hour starts, regular) of sub-hourly values; an hour with any
+    value missing is NaN (a partial hour's mean is not its mean). ``label`` says where in
+    its interval a value is labelled (``end``: PVDAQ) so that each falls into the hour it
+    describes."""
+    step = pd.Timedelta(freq)
+    starts = kw.index - (step if label == "end" else pd.Timedelta(0))
+    grouped = kw.groupby(starts.floor("h"))
+    mean = grouped.mean().where(grouped.count() == round(pd.Timedelta("1h") / step))
+    return mean.asfreq("h")
+
+
 def hourly_measured(power_w: pd.Series, flags: pd.DataFrame, freq: str, label: str = "end") -> pd.Series:
-    """Hourly mean AC power (kW) from sub-hourly samples after pvanalytics' checks.
+    """Hourly mean AC power (kW) after pvanalytics' checks: what is trained on and scored.
 
     A night sample counts as 0 (production is nil; inverters draw a little); a daytime
-    sample counts when it passed every check (:func:`pvlake.sources.measured.quality_flags`).
-    An hour with any sample missing or failing is NaN: a partial hour's mean is not
-    its mean. ``label`` says where in its interval a sample is labelled (``end``:
-    PVDAQ) so that each falls into the hour it describes.
+    sample counts when it passed every check (:func:`pvlake.sources.measured.quality_flags`);
+    an hour with a sample that failed is NaN.
     """
-    step = pd.Timedelta(freq)
     kept = flags["usable"] | flags["night"]
     kw = (power_w.clip(lower=0) / 1000.0).where(flags["usable"], 0.0).where(kept)
-    starts = power_w.index - (step if label == "end" else pd.Timedelta(0))
-    hours = starts.floor("h")
-    per_hour = round(pd.Timedelta("1h") / step)
-    grouped = kw.groupby(hours)
-    mean = grouped.mean().where(grouped.count() == per_hour)
-    return mean.asfreq("h").rename("measured_kw")
+    return hour_means(kw, freq, label).rename("measured_kw")
+
+
+def hourly_raw(power_w: pd.Series, freq: str, label: str = "end") -> pd.Series:
+    """Hourly mean AC power (kW) as measured, negative values set to 0: what the features
+    read. pvanalytics' checks look at whole days and at the whole series (its day/night
+    classification is normalised by the series), so a value measured later can change how
+    an earlier one is flagged; a forecast issued in real time has only the raw values."""
+    return hour_means(power_w.clip(lower=0) / 1000.0, freq, label).rename("raw_kw")
 
 
 def hourly_weather(weather: pd.DataFrame, hours: pd.DatetimeIndex) -> pd.DataFrame:
@@ -292,7 +305,7 @@ def system_series(system: ms.MeasuredSystem, model: en.ModelSettings, validation
                          index=hours).fillna(0.0)
     sun = sun_terms(hours, system.latitude, system.longitude, altitude, surfaces.tilt_deg, surfaces.azimuth_deg)
     hourly = pd.DataFrame({
-        "measured_kw": measured,
+        "measured_kw": measured, "raw_kw": hourly_raw(power_w, system.freq, validation.power_label).reindex(hours),
         "ghi": means["ghi"], "ghi_clear": means["ghi_clear"], "temp_air": means["temp_air"],
         "clear_per_kw": per_kw(clear, system.latitude, system.longitude, altitude, surfaces, run_model)[:, 0],
         "physical_per_kw": pd.Series(per_kw(observed, system.latitude, system.longitude, altitude, surfaces,
@@ -400,7 +413,8 @@ def clearsky_index(relative: pd.Series, clear_per_kw: pd.Series, settings: Forec
 
 
 def issue_state(hourly: pd.DataFrame, capacity_kw: float, settings: ForecastSettings) -> pd.DataFrame:
-    """What is known at each issue time: built only from hours that ended by it.
+    """What is known at each issue time: built only from hours that ended by it, from the
+    raw measurements (``raw_kw``).
 
     Row ``t`` sees the hour ``[t - 1 h, t)`` and earlier ones: every column is a function
     of the series shifted by one hour, through backward-looking windows only.
@@ -413,7 +427,7 @@ def issue_state(hourly: pd.DataFrame, capacity_kw: float, settings: ForecastSett
         ``k_mean_3h`` (mean index of the last 3 hours), ``k_24h`` (energy over clear-sky
         energy of the last 24 hours), ``clear_last`` (clear-sky power of the last hour).
     """
-    relative = hourly["measured_kw"] / capacity_kw
+    relative = hourly["raw_kw"] / capacity_kw
     k = clearsky_index(relative, hourly["clear_per_kw"], settings)
     ended = pd.DataFrame({"rel": relative, "clear": hourly["clear_per_kw"], "k": k}).shift(1)
     counted = ended["rel"].notna()
@@ -439,7 +453,7 @@ def features(hourly: pd.DataFrame, rows: pd.DataFrame, capacity_kw: float, setti
     """
     state = issue_state(hourly, capacity_kw, settings).reindex(pd.DatetimeIndex(rows["issue_time"]))
     target = hourly.reindex(pd.DatetimeIndex(rows["target_time"]))
-    relative = hourly["measured_kw"] / capacity_kw
+    relative = hourly["raw_kw"] / capacity_kw
     k = clearsky_index(relative, hourly["clear_per_kw"], settings)
     days_back = np.ceil(rows["horizon_h"].to_numpy() / 24.0).astype(np.int64)
     same_hour = pd.DatetimeIndex(rows["target_time"]) - pd.to_timedelta(days_back, unit="D")
@@ -761,7 +775,9 @@ def open_meteo_day_weather(cell: en.CellWeather, date: str, settings: ForecastSe
                            session) -> tuple[pd.DataFrame, str]:
     """The archived Open-Meteo forecast of one cell's site for a local day (cached)."""
     start, end = day_window(date, cell.longitude)
-    first, last = start.strftime("%Y-%m-%d"), (end - pd.Timedelta("1h")).strftime("%Y-%m-%d")
+    # the API labels each day's hours 00:00-23:00 with the mean of the hour before: the
+    # last hour of a UTC day is labelled 00:00 of the next one
+    first, last = start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
     key = cell.cell.replace(":", "_")
     data = om.get_open_meteo_forecast(cell.latitude, cell.longitude, first, last,
                                       om.cache_file(cache_dir, key, first, last), session=session,
