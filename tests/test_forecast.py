@@ -24,8 +24,7 @@ warnings.filterwarnings("ignore", category=RuntimeWarning)
 
 SERF = ms.NREL_SYSTEMS["serf_east"]
 SETTINGS = fc.ForecastSettings()
-ISSUE_TIME_COLUMNS = sorted(set(FEATURES := fc.FEATURES[("intraday", "issue_time")])
-                            | set(fc.FEATURES[("day_ahead", "issue_time")]))
+ISSUE_TIME_COLUMNS = sorted(set(fc.FEATURES[("intraday", "issue_time")]) | set(fc.FEATURES[("day_ahead", "issue_time")]))
 WEATHER_COLUMNS = ["kt_ghi", "temp_air", "k_physical"]
 
 

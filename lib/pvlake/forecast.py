@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pvlib
+import sklearn
 # imported here, not in the function fitting the trees: threadpoolctl limits the OpenMP
 # threads of libraries already loaded only (unlimited threads spin on a busy machine)
 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -58,7 +59,6 @@ from .io import atomic_path, write_json
 from .layout import Layout
 from .sources import measured as ms
 from .sources import open_meteo as om
-from .sources import weather as wx
 from .sources.http import http_session
 
 PRODUCTS = ("intraday", "day_ahead")
@@ -700,8 +700,6 @@ def train_final_model(series: list[SystemSeries], capacities_kw: Mapping[str, fl
                                "capacity_kw_estimated": round(cap, 4), "hours": int(len(kept))}
     feats = pd.concat(frames, ignore_index=True)
     model = fit_trees(feats, np.concatenate(targets), columns, settings)
-    import sklearn
-
     metadata = {
         "model": "sklearn HistGradientBoostingRegressor", "target": "clear-sky index of hourly AC power",
         "product": "day_ahead", "setting": "perfect_prognosis", "setting_label": SETTINGS["perfect_prognosis"],
@@ -778,10 +776,10 @@ def open_meteo_day_weather(cell: en.CellWeather, date: str, settings: ForecastSe
     # the API labels each day's hours 00:00-23:00 with the mean of the hour before: the
     # last hour of a UTC day is labelled 00:00 of the next one
     first, last = start.strftime("%Y-%m-%d"), end.strftime("%Y-%m-%d")
-    key = cell.cell.replace(":", "_")
+    key, models = cell.cell.replace(":", "_"), settings.open_meteo.get("models")
     data = om.get_open_meteo_forecast(cell.latitude, cell.longitude, first, last,
-                                      om.cache_file(cache_dir, key, first, last), session=session,
-                                      url=settings.open_meteo["url"], models=settings.open_meteo.get("models"))
+                                      om.cache_file(cache_dir, key, first, last, models), session=session,
+                                      url=settings.open_meteo["url"], models=models)
     part = data[(data.index >= start) & (data.index < end)]
     return part, f"Open-Meteo historical forecast ({settings.open_meteo.get('models') or 'best match'})"
 

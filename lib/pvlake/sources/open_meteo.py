@@ -128,6 +128,7 @@ def get_open_meteo_forecast(latitude: float, longitude: float, start_date: str, 
     return read_open_meteo_forecast(cache_path)
 
 
-def cache_file(folder: str | Path, key: str, start_date: str, end_date: str) -> Path:
-    """Where the Open-Meteo answer for ``key`` (a weather cell) and these days is kept."""
-    return Path(folder) / SERVICE / f"{key}_{start_date}_{end_date}.json"
+def cache_file(folder: str | Path, key: str, start_date: str, end_date: str, models: str | None = None) -> Path:
+    """Where the Open-Meteo answer for ``key`` (a weather cell), these days and these
+    models (None: Open-Meteo's best match) is kept."""
+    return Path(folder) / SERVICE / f"{key}_{start_date}_{end_date}_{models or 'best_match'}.json"
