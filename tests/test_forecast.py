@@ -102,6 +102,12 @@ def test_no_issue_time_feature_sees_weather_and_setting_2_sees_only_its_target_h
     assert changed.any() and (rows.loc[changed, "target_time"] == hour).all()
 
 
+def test_timestamp_check_finds_the_daylight_saving_clock_and_its_correction():
+    shifts = fc.timestamp_shifts(ms.NREL_SYSTEMS["system_50"])
+    assert shifts["transitions"] == 5 and len(shifts["as labelled"]) == 5 and shifts["as read"] == []
+    assert fc.timestamp_shifts(SERF)["as labelled"] == []
+
+
 # ------------------------------------------------------------------ rows and splits
 
 

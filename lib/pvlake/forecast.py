@@ -39,6 +39,7 @@ import json
 import math
 import platform
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -48,9 +49,10 @@ import pandas as pd
 import pyarrow as pa
 import pvlib
 import sklearn
-# imported here, not in the function fitting the trees: threadpoolctl limits the OpenMP
-# threads of libraries already loaded only (unlimited threads spin on a busy machine)
+from pvanalytics.features import daytime
+from pvanalytics.quality import time as pv_time
 from sklearn.ensemble import HistGradientBoostingRegressor
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from . import __version__
@@ -208,7 +210,8 @@ class SystemSeries:
         ``physical_per_kw`` (the energy stage's chain per kWp under clear-sky and observed
         weather), ``elevation_deg``, ``cos_aoi`` (mid-hour sun).
     quality : dict
-        pvanalytics' flag counts on the 15-minute samples, and the hours kept.
+        pvanalytics' flag counts on the 15-minute samples, its timestamp-shift check
+        (:func:`timestamp_shifts`), and the hours kept.
     """
 
     system: ms.MeasuredSystem
@@ -312,11 +315,49 @@ def system_series(system: ms.MeasuredSystem, model: en.ModelSettings, validation
                                             run_model)[:, 0], index=sky.index).reindex(hours),
         "elevation_deg": sun["elevation_deg"][:, 0], "cos_aoi": sun["cos_aoi"][:, 0],
     }, index=hours)
-    quality = {c: int(flags[c].sum()) for c in ms.QUALITY_CHECKS} | {
+    quality = {c: int(flags[c].sum()) for c in ms.QUALITY_CHECKS} | {"timestamp_shifts": timestamp_shifts(system)} | {
         "samples": len(flags), "usable": int(flags["usable"].sum()), "hours": len(hourly),
         "hours_kept": int(hourly["measured_kw"].notna().sum()),
         "daylight_hours_kept": int((hourly["measured_kw"].notna() & (hourly["clear_per_kw"] > 0)).sum())}
     return SystemSeries(system, hourly, quality)
+
+
+DAYLIGHT_SAVING_ZONES = {"system_50": "America/Denver", "serf_east": "America/Denver"}
+"""The time zone whose daylight-saving transitions the timestamp check looks for (both
+systems are in Golden, Colorado)."""
+
+
+def timestamp_shifts(system: ms.MeasuredSystem) -> dict:
+    """pvanalytics' timestamp-shift check on the power, as labelled and as read.
+
+    Each day's midday (the middle of sunrise and sunset of pvanalytics' day/night mask,
+    :func:`pvanalytics.features.daytime.get_sunrise` / ``get_sunset``) in local standard
+    time; :func:`pvanalytics.quality.time.has_dst` finds the daylight-saving transitions
+    of :data:`DAYLIGHT_SAVING_ZONES` across which it jumps by 45 minutes or more.
+
+    Returns
+    -------
+    dict
+        ``transitions`` in the data's span, and per reading (``as labelled``: the file's
+        offset taken at its word; ``as read``: with :func:`pvlake.sources.measured.read_measured_power`'s
+        correction) the dates where a shift is found.
+    """
+    zone = DAYLIGHT_SAVING_ZONES[system.key]
+    standard = f"Etc/GMT{-standard_offset_h(system.longitude):+d}"
+    out = {}
+    for label, clock in (("as labelled", "fixed"), ("as read", system.power_clock)):
+        power = ms.read_measured_power(replace(system, power_clock=clock)).tz_convert(standard)
+        day = daytime.power_or_irradiance(power.fillna(0.0), freq=system.freq)
+        sunrise = daytime.get_sunrise(day, freq=system.freq, data_alignment="R")
+        sunset = daytime.get_sunset(day, freq=system.freq, data_alignment="R")
+        midday = sunrise + (sunset - sunrise) / 2
+        daily = midday.groupby(midday.index.floor("D")).first()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no data around a transition: not a shift
+            shifted = pv_time.has_dst(daily, zone, missing="warn")
+        out["transitions"] = int(pv_time.dst_dates(daily.index, zone).sum())
+        out[label] = [d.isoformat() for d in shifted[shifted].index.date]
+    return out
 
 
 # ================================================================== splits
@@ -525,7 +566,9 @@ def fit_trees(feats: pd.DataFrame, relative: np.ndarray, columns: tuple, setting
     use = (clear >= settings.min_clearsky_share) & np.isfinite(relative)
     k = np.clip(relative[use] / clear[use], 0.0, 3.0)
     model = regressor(settings)
-    model.fit(feats.loc[use, list(columns)].to_numpy(float), k)
+    # scikit-learn's OpenMP threads, unlimited, spin on a busy machine (evaluation 116 s, not 4 s)
+    with threadpool_limits(settings.threads):
+        model.fit(feats.loc[use, list(columns)].to_numpy(float), k)
     return model
 
 
@@ -533,7 +576,8 @@ def predict_trees(model, feats: pd.DataFrame, columns: tuple, settings: Forecast
     """Power per kWp from fitted trees: predicted clear-sky index times clear-sky power
     (0 when the clear-sky power is 0)."""
     clear = feats["clear_target"].to_numpy()
-    k = model.predict(feats[list(columns)].to_numpy(float)) if len(feats) else np.zeros(0)
+    with threadpool_limits(settings.threads):
+        k = model.predict(feats[list(columns)].to_numpy(float)) if len(feats) else np.zeros(0)
     return np.where(clear > 0, np.clip(k, 0.0, settings.max_clearsky_index) * clear, 0.0)
 
 
@@ -884,31 +928,28 @@ def run_stage(prepared: str | Path, layout: Layout, settings: ForecastSettings, 
     """Evaluate, train, apply and write: ``layout.forecast_eval()``, ``layout.forecast_scores()``,
     ``layout.forecast_model()`` with ``layout.forecast_model_metadata()``,
     ``layout.pv_forecast()`` and ``layout.forecast_report()``."""
-    from threadpoolctl import threadpool_limits
-
     timing = {}
     started = time.perf_counter()
-    with threadpool_limits(settings.threads):
-        series = [system_series(ms.NREL_SYSTEMS[key], energy.model, validation, energy.clearsky)
-                  for key in settings.systems]
-        timing["data_s"] = time.perf_counter() - started
-        evaluations = [evaluate_system(s, settings, progress) for s in series]
-        timing["evaluation_s"] = time.perf_counter() - started - timing["data_s"]
-        capacities = {e.system.key: e.capacity_kw for e in evaluations}
-        forecasts = pd.concat([e.forecasts for e in evaluations], ignore_index=True)
-        by_horizon = score(forecasts, capacities)
-        summary = score(forecasts, capacities, by=())
-        checks = verdicts(summary)
-        mark = time.perf_counter()
-        chosen = summary[(summary["product"] == "day_ahead") & (summary["setting"] == "perfect_prognosis")
-                         & (summary["method"] == "ml")]
-        saved = train_final_model(series, capacities, settings, chosen.round(4).to_dict(orient="records"))
-        save_model(saved, layout.forecast_model(), layout.forecast_model_metadata())
-        timing["final_model_s"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        pv_forecast = apply_day_ahead(en.read_installations(prepared), (saved.model, saved.features), energy,
-                                      settings, layout.weather_cache(), progress)
-        timing["apply_s"] = time.perf_counter() - mark
+    series = [system_series(ms.NREL_SYSTEMS[key], energy.model, validation, energy.clearsky)
+              for key in settings.systems]
+    timing["data_s"] = time.perf_counter() - started
+    evaluations = [evaluate_system(s, settings, progress) for s in series]
+    timing["evaluation_s"] = time.perf_counter() - started - timing["data_s"]
+    capacities = {e.system.key: e.capacity_kw for e in evaluations}
+    forecasts = pd.concat([e.forecasts for e in evaluations], ignore_index=True)
+    by_horizon = score(forecasts, capacities)
+    summary = score(forecasts, capacities, by=())
+    checks = verdicts(summary)
+    mark = time.perf_counter()
+    chosen = summary[(summary["product"] == "day_ahead") & (summary["setting"] == "perfect_prognosis")
+                     & (summary["method"] == "ml")]
+    saved = train_final_model(series, capacities, settings, chosen.round(4).to_dict(orient="records"))
+    save_model(saved, layout.forecast_model(), layout.forecast_model_metadata())
+    timing["final_model_s"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    pv_forecast = apply_day_ahead(en.read_installations(prepared), (saved.model, saved.features), energy,
+                                  settings, layout.weather_cache(), progress)
+    timing["apply_s"] = time.perf_counter() - mark
     en.write_table(eval_table(evaluations), EVAL_COLUMNS, layout.forecast_eval())
     with atomic_path(layout.forecast_scores()) as tmp:
         by_horizon.to_parquet(tmp, index=False)
