@@ -108,6 +108,17 @@ def test_timestamp_check_finds_the_daylight_saving_clock_and_its_correction():
     assert fc.timestamp_shifts(SERF)["as labelled"] == []
 
 
+def test_settings_from_config_and_their_checks():
+    settings = fc.ForecastSettings.from_config({"systems": ["serf_east"], "ml": {"max_iter": 10},
+                                                "intraday_horizons_h": [1, 3]})
+    assert settings.systems == ("serf_east",) and settings.intraday_horizons_h == (1, 3)
+    assert settings.ml["max_iter"] == 10 and settings.ml["max_leaf_nodes"] == SETTINGS.ml["max_leaf_nodes"]
+    with pytest.raises(ValueError, match="forecast.systems"):
+        fc.ForecastSettings.from_config({"systems": ["system_99"]})
+    with pytest.raises(ValueError, match="gap_days"):
+        fc.ForecastSettings.from_config({"gap_days": 0.1})
+
+
 # ------------------------------------------------------------------ rows and splits
 
 
