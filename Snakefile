@@ -23,6 +23,7 @@ include: "workflow/rules/stac.smk"
 include: "workflow/rules/cubes.smk"
 include: "workflow/rules/context.smk"
 include: "workflow/rules/energy.smk"
+include: "workflow/rules/forecast.smk"
 include: "workflow/rules/lake.smk"
 # Last: the book renders every stage included above.
 include: "workflow/rules/book.smk"

@@ -785,3 +785,24 @@ def cog_server():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+# --- forecast: an Open-Meteo-like Historical Forecast API (tests/open_meteo_server.py) ---
+@pytest.fixture(scope="session")
+def open_meteo_server_session():
+    """One server per session on 127.0.0.1 answering like Open-Meteo's Historical Forecast
+    API, with real (Greensboro TMY3) weather."""
+    from open_meteo_server import OpenMeteoServer
+
+    server = OpenMeteoServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def open_meteo_server(open_meteo_server_session):
+    """The session's Open-Meteo server with its request log and faults cleared."""
+    open_meteo_server_session.reset()
+    yield open_meteo_server_session
+    open_meteo_server_session.reset()
+# --- end forecast ---

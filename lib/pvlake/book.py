@@ -43,7 +43,7 @@ from .manifest import DatasetSpec, active_datasets, load_manifest
 from .maps import ASSET_FOLDER, write_runtime_assets
 from .sources import find_label_files
 
-STAGE_ORDER = ("download", "harmonize", "dedup", "context", "energy", "stac", "cubes", "lake")
+STAGE_ORDER = ("download", "harmonize", "dedup", "context", "energy", "forecast", "stac", "cubes", "lake")
 """Pipeline order of the chapters; a stage not listed comes after these, by name."""
 
 WIDGET_FONTS = ("*.woff", "*.woff2", "*.ttf", "*.eot", "*.svg")

@@ -118,6 +118,34 @@ class Layout:
         """JSON of the model's checks: agreement with pvlib's ModelChain, measured power."""
         return self.data_dir / "curated" / "pv_energy_validation.json"
 
+    def forecast_eval(self) -> Path:
+        """Every forecast of the forecasting stage's evaluation (Parquet, ``curated.forecast_eval``)."""
+        return self.data_dir / "curated" / "forecast_eval.parquet"
+
+    def forecast_scores(self) -> Path:
+        """Forecast errors and skill per system, setting, product, method and horizon (Parquet)."""
+        return self.data_dir / "curated" / "forecast_scores.parquet"
+
+    def forecast_report(self) -> Path:
+        """JSON report of the forecasting stage: systems, folds, quality, scores, verdicts, timing."""
+        return self.data_dir / "curated" / "forecast_report.json"
+
+    def pv_forecast(self) -> Path:
+        """Day-ahead relative output per installation and hour (Parquet, ``curated.pv_forecast``)."""
+        return self.data_dir / "curated" / "pv_forecast.parquet"
+
+    def models_dir(self) -> Path:
+        """Trained models with their metadata."""
+        return self.data_dir / "models"
+
+    def forecast_model(self) -> Path:
+        """The day-ahead forecasting trees (joblib)."""
+        return self.models_dir() / "forecast_day_ahead.joblib"
+
+    def forecast_model_metadata(self) -> Path:
+        """What the saved forecasting model is: features, training span, metrics, versions (JSON)."""
+        return self.models_dir() / "forecast_day_ahead.json"
+
     def weather_cache(self) -> Path:
         """Answers of weather services, one file per service and H3 cell (kept across runs)."""
         return self.data_dir / "cache" / "weather"

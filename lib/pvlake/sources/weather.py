@@ -282,10 +282,10 @@ def _fetch(session: requests.Session, service: str, url: str, params: dict, dest
             detail = None
         if isinstance(detail, dict):
             # PVGIS explains a refusal in {"message": ...}, the NSRDB in {"errors": [...]}
-            # or {"error": {"message": ...}}
+            # or {"error": {"message": ...}}, Open-Meteo in {"error": true, "reason": ...}
             error = detail.get("error")
             message = (detail.get("message") or "; ".join(map(str, detail.get("errors") or []))
-                       or (error.get("message") if isinstance(error, dict) else None))
+                       or (error.get("message") if isinstance(error, dict) else None) or detail.get("reason"))
             reason += f": {message}" if message else ""
         raise WeatherServiceError(service, url, scrub(reason))
     with atomic_path(dest) as tmp:
