@@ -31,6 +31,9 @@ import shapely
 
 from pvlake.dedup import M_PER_DEG
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import cpu_s  # noqa: E402
+
 REGIONS = {  # name: (lon, lat, spread in degrees)
     "greensboro": (-79.79, 36.07, 1.0), "miami": (-80.19, 25.76, 0.8), "fresno": (-119.79, 36.74, 1.0),
     "london": (-0.12, 51.51, 1.5), "cornwall": (-5.05, 50.26, 1.0), "rajasthan": (72.0, 27.0, 3.0),
@@ -75,7 +78,7 @@ def run_child(method: str, path: Path) -> dict:
     from pvlake import context as cx
 
     installations = gpd.read_parquet(path)
-    start, cpu0 = time.perf_counter(), _cpu_s()
+    start, cpu0 = time.perf_counter(), cpu_s()
     if method == "pvlake":
         boundaries, source = cx.read_natural_earth()
         enriched = cx.enrich(installations, boundaries, source, progress=False)
@@ -93,14 +96,11 @@ def run_child(method: str, path: Path) -> dict:
         matches = {"matched": int(joined["country_name"].notna().sum())}
         countries = int(joined["country_name"].nunique())
     wall = time.perf_counter() - start
-    return {"enrich_s": enrich_s, "wall_s": wall, "cpu_s": _cpu_s() - cpu0,
+    return {"enrich_s": enrich_s, "wall_s": wall, "cpu_s": cpu_s() - cpu0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "matches": matches, "countries": countries}
 
 
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:

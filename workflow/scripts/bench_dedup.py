@@ -35,6 +35,9 @@ from scipy.sparse.csgraph import connected_components
 
 from pvlake.dedup import M_PER_DEG
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import cpu_s  # noqa: E402
+
 REGIONS = {  # name: (lon, lat, spread in degrees)
     "greensboro": (-79.79, 36.07, 1.0), "miami": (-80.19, 25.76, 0.8), "fresno": (-119.79, 36.74, 1.0),
     "london": (-0.12, 51.51, 1.5), "cornwall": (-5.05, 50.26, 1.0), "rajasthan": (72.0, 27.0, 3.0),
@@ -176,22 +179,18 @@ def run_method(method: str, staging_path: Path, h3_resolution: int) -> dict:
 
     staging = gpd.read_parquet(staging_path)
     params = DedupParams(h3_resolution=h3_resolution)
-    start, cpu0 = time.perf_counter(), _cpu_s()
+    start, cpu0 = time.perf_counter(), cpu_s()
     if method == "pvlake":
         prepared, _, labels = dedup(staging, {}, params)
     else:
         labels = labels_from_pairs(len(staging), *baseline_pairs(staging, params))
     wall = time.perf_counter() - start
     np.save(staging_path.with_suffix(f".{method}.npy"), labels)
-    return {"wall_s": wall, "cpu_s": _cpu_s() - cpu0,
+    return {"wall_s": wall, "cpu_s": cpu_s() - cpu0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "installations": int(labels.max() + 1)}
 
 
-def _cpu_s() -> float:
-    """CPU seconds of this process: less sensitive than wall time to a busy machine."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:

@@ -28,6 +28,9 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import cpu_s  # noqa: E402
+
 SHARES = {"geojson": 0.60, "gpkg": 0.25, "json": 0.15}
 
 
@@ -95,7 +98,7 @@ def harmonize_all(manifest_path: Path, out_dir: Path) -> dict:
     from pvlake.harmonize import harmonize_dataset, write_staging
     from pvlake.manifest import load_manifest
 
-    start, cpu0 = time.perf_counter(), _cpu_s()
+    start, cpu0 = time.perf_counter(), cpu_s()
     rows = 0
     for name, spec in load_manifest(manifest_path).items():
         staging, report = harmonize_dataset(spec, h3_resolution=12, progress=False)
@@ -104,15 +107,11 @@ def harmonize_all(manifest_path: Path, out_dir: Path) -> dict:
     return {
         "rows": rows,
         "wall_s": time.perf_counter() - start,
-        "cpu_s": _cpu_s() - cpu0,
+        "cpu_s": cpu_s() - cpu0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
-def _cpu_s() -> float:
-    """CPU seconds of this process: less sensitive than wall time to a busy machine."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
