@@ -577,7 +577,9 @@ def slurm_conf(root: Path, ctld_port: int, slurmd_port: int, munge_socket: Path)
     """A single-node cluster that runs unprivileged-container-safe: no cgroups, no
     accounting, every daemon on 127.0.0.1, memory requests honoured. The node offers 8
     CPUs whatever the machine has (config_overrides), as `snakemake -j8` runs 8 jobs at
-    once: a 2-core CI machine runs a stage's jobs side by side instead of in waves."""
+    once: a 2-core CI machine runs a stage's jobs side by side instead of in waves. Finished
+    jobs are never purged (MinJobAge=0): without accounting, `scontrol` is where a test
+    reads their state, however long after the run."""
     return f"""{SLURM_CONF_MARK}
 ClusterName=pvlake-test
 SlurmctldHost=localhost(127.0.0.1)
@@ -602,7 +604,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1000
 CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
-MinJobAge=600
+MinJobAge=0
 ReturnToService=2
 MpiDefault=none
 SlurmdParameters=config_overrides

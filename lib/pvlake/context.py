@@ -120,7 +120,8 @@ def natural_earth_path() -> Path:
             f"the Natural Earth countries ship in the PyPI package {NATURAL_EARTH_PACKAGE.replace('_', '-')}: "
             "run `bash workflow/scripts/setup.sh`"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / NATURAL_EARTH_FILE
+    # resolved: the same file reached through a symlinked project path is the same input
+    return (Path(next(iter(spec.submodule_search_locations))) / NATURAL_EARTH_FILE).resolve()
 
 
 def natural_earth_label(path: str | Path) -> str:
