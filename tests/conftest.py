@@ -578,8 +578,9 @@ def slurm_conf(root: Path, ctld_port: int, slurmd_port: int, munge_socket: Path)
     accounting, every daemon on 127.0.0.1, memory requests honoured. The node offers 8
     CPUs whatever the machine has (config_overrides), as `snakemake -j8` runs 8 jobs at
     once: a 2-core CI machine runs a stage's jobs side by side instead of in waves. Finished
-    jobs are never purged (MinJobAge=0): without accounting, `scontrol` is where a test
-    reads their state, however long after the run."""
+    jobs stay two hours (MinJobAge): without accounting, `scontrol` is where a test reads
+    their state, long after the run (0, "never purge", makes the executor plugin fall back
+    to sacct, which this cluster has not)."""
     return f"""{SLURM_CONF_MARK}
 ClusterName=pvlake-test
 SlurmctldHost=localhost(127.0.0.1)
@@ -604,7 +605,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1000
 CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
-MinJobAge=0
+MinJobAge=7200
 ReturnToService=2
 MpiDefault=none
 SlurmdParameters=config_overrides
