@@ -71,7 +71,11 @@ def test_sample_pipeline_through_slurm_with_partitioned_dedup_and_the_lake_on_po
     assert report.pop("partitions")["partition"] == {"count": 3, "h3_resolution": 6}
     assert report == json.loads(local_layout.dedup_report().read_text())
     summary = json.loads(layout.lake_summary().read_text())
-    assert summary["tables"] == json.loads(local_layout.lake_summary().read_text())["tables"]
+    local_tables = json.loads(local_layout.lake_summary().read_text())["tables"]
+    assert set(summary["tables"]) == set(local_tables)
+    # rows per table the same, but the cubes tables: this run's chips are small
+    tabular = lambda tables: {k: v for k, v in tables.items() if not k.startswith("cubes.")}  # noqa: E731
+    assert tabular(summary["tables"]) == tabular(local_tables)
     assert summary["catalog"] == f"postgres:{database}" and summary["data_path"] == s3_lake["data_path"]
     assert not layout.lake_catalog().exists()
     assert (data_dir.parent / "slurm data_book" / "html" / "index.html").exists()
