@@ -252,6 +252,14 @@ def test_loaders_give_identical_pixels(mini):
     assert (odc[chip.chip_id].image[1, BANDS.index("nir")] == direct).all()
 
 
+def test_href_map_makes_a_relative_replacement_absolute(tmp_path, monkeypatch):
+    # the default data_dir is relative ("data"); readers resolve relative hrefs against the item
+    monkeypatch.chdir(tmp_path)
+    mapped = cubes.HrefMap({"/repo/data/sample/stac": "data/sample_imagery/s2"})("/repo/data/sample/stac/a/b.tif")
+    assert mapped == str(tmp_path / "data" / "sample_imagery" / "s2") + "/a/b.tif"
+    assert cubes.HrefMap({"s3://x/": "https://mirror/x/"})("s3://x/a.tif") == "https://mirror/x/a.tif"
+
+
 def test_batches_are_bounded_by_read_chunks_as_well_as_chips():
     chips = [SimpleNamespace(chip_id=f"c{k}") for k in range(7)]
     # c0-c2 share one chunk; c3-c6 are scattered, two chunks each

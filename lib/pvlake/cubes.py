@@ -395,6 +395,14 @@ def plan_stage_chips(installations: gpd.GeoDataFrame, matches: pd.DataFrame, ite
 # ---------------------------------------------------------------- loading
 
 
+def _absolute(target: str) -> str:
+    """A local replacement as an absolute path: readers resolve a relative asset href
+    against the item's own location, not the working directory (a relative ``data_dir``)."""
+    if "://" in target or Path(target).is_absolute():
+        return target
+    return str(Path(target).resolve()) + ("/" if target.endswith("/") else "")
+
+
 class HrefMap:
     """Asset hrefs with a prefix replaced (the longest matching prefix wins): a local
     mirror of a catalogue's assets, or the sample's rendered imagery. Picklable, so Dask
@@ -407,7 +415,8 @@ class HrefMap:
     """
 
     def __init__(self, mapping: Mapping[str, str] | None = None):
-        self.mapping = sorted(((str(a), str(b)) for a, b in (mapping or {}).items()), key=lambda ab: -len(ab[0]))
+        self.mapping = sorted(((str(a), _absolute(str(b))) for a, b in (mapping or {}).items()),
+                              key=lambda ab: -len(ab[0]))
 
     def __call__(self, href: str) -> str:
         for prefix, replacement in self.mapping:
